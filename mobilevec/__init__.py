@@ -1,0 +1,16 @@
+"""mobilevec: the TF Hub MobileNet V2/V3 feature vectors, faithful to TF-Slim, in PyTorch.
+
+>>> import mobilevec
+>>> model = mobilevec.create("mobilenet_v3_small_075_224", weights="path/to/artifact")
+>>> vectors = model(images)  # float32 NCHW in [0, 1] -> (N, 1024)
+"""
+
+from .api import create, save
+from .errors import MobilevecError, UnknownModelError, WeightsError
+from .formats.detect import read_weights
+from .model import MobileNet
+from .registry import get_config, list_models
+
+__all__ = ["MobileNet", "MobilevecError", "UnknownModelError", "WeightsError", "create",
+           "get_config", "list_models", "read_weights", "save"]
+__version__ = "0.1.0"
