@@ -53,3 +53,37 @@ def test_v2_npy_matches_keras_with_the_same_variables(v2_npy, data_dir, size):
 
 def test_v2_npy_has_no_classifier_because_the_logits_kernel_is_absent(v2_npy):
     assert mobilevec.create("mobilenet_v2_100_224", weights=v2_npy).classifier is None
+
+
+def litert_features(tflite_path, x_nchw: np.ndarray) -> np.ndarray:
+    """The TF Hub V3 module's own output: the LiteRT interpreter running the .tflite."""
+    interpreter_module = pytest.importorskip("ai_edge_litert.interpreter",
+                                             reason="ai-edge-litert (test extra) not installed")
+    interpreter = interpreter_module.Interpreter(model_path=str(tflite_path), num_threads=2)
+    (entry,) = interpreter.get_input_details()
+    interpreter.resize_tensor_input(entry["index"], [len(x_nchw), *x_nchw.shape[2:], 3])
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(entry["index"], np.ascontiguousarray(x_nchw.transpose(0, 2, 3, 1)))
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).copy()
+
+
+def test_v3_tflite_matches_the_litert_interpreter(v3_tflite, data_dir):
+    model = mobilevec.create("mobilenet_v3_small_075_224", weights=v3_tflite)
+    x = inputs(data_dir)
+    expected = litert_features(v3_tflite, x)
+    with torch.no_grad():
+        got = model(torch.from_numpy(x)).numpy()
+    assert got.shape == expected.shape == (len(x), 1024)
+    assert np.abs(got - expected).max() <= TOLERANCE
+    assert cosine(got, expected).min() >= 0.99999
+    assert got.min() >= -0.375 - 1e-6  # hard-swish's minimum
+
+
+def test_v3_trunk_uses_every_tflite_tensor_exactly_once(v3_tflite):
+    from mobilevec.names import variable_names
+
+    weights = mobilevec.read_weights(v3_tflite)
+    model = mobilevec.create("mobilenet_v3_small_075_224")
+    expected = {v.tf_name for v in variable_names(model)}
+    assert set(weights.variables) == expected
