@@ -156,3 +156,24 @@ def test_truncated_keras_h5_names_the_file(tmp_path):
     path.write_bytes(path.read_bytes()[:600])
     with pytest.raises(mobilevec.WeightsError, match=str(path)):
         mobilevec.create("mobilenet_v2_100_224", weights=path)
+
+
+def test_tf_checkpoint_fixture_builds_a_v2_035_with_its_ema_values(tmp_path):
+    import sys
+    from pathlib import Path
+
+    fixtures = Path(__file__).parent / "fixtures"
+    sys.path.insert(0, str(fixtures))
+    try:
+        from fixture_values import expected_checkpoint
+    finally:
+        sys.path.remove(str(fixtures))
+    from_checkpoint = mobilevec.create("mobilenet_v2_035_224", weights=fixtures / "tf_ckpt_v2_035")
+    raw = mobilevec.create("mobilenet_v2_035_224", weights=fixtures / "tf_ckpt_v2_035", ema=False)
+    # The same values, written by safetensors instead of TF, give the same network.
+    path = write_safetensors(expected_checkpoint(ema=True), tmp_path / "ema.safetensors")
+    reference = mobilevec.create("mobilenet_v2_035_224", weights=path)
+    x = torch.rand(1, 3, 96, 96)
+    with torch.no_grad():
+        assert torch.equal(from_checkpoint(x), reference(x))
+        assert not torch.equal(from_checkpoint(x), raw(x))

@@ -1,6 +1,6 @@
 """A directory of ``.npy`` files, one per TF-Slim variable, indexed by a MANIFEST.tsv.
 
-Files listed but absent are skipped with a warning.
+Files listed but absent are skipped (logged).
 The manifest (tab-separated, header ``file  tf_slim_variable  shape  dtype  sha256``) lies
 inside the directory as ``MANIFEST.tsv`` or beside it as ``<dir>.MANIFEST.tsv``. Its shape,
 dtype and sha256 columns are checked when present. Files are read with
@@ -60,7 +60,7 @@ def read_npy_dir(path: str | Path, *, verify: bool = True) -> dict[str, np.ndarr
         if not file.is_file():
             # Partial snapshots exist (the public V2 one lacks the logits kernel); whoever
             # needs the variable reports it by name, so skipping here loses nothing.
-            log.warning("%s: listed in %s but absent; skipped", file, manifest.name)
+            log.info("%s: listed in %s but absent; skipped", file, manifest.name)
             continue
         data = file.read_bytes()
         if verify and row.get("sha256") and hashlib.sha256(data).hexdigest() != row["sha256"]:
