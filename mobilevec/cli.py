@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -12,12 +13,16 @@ from .errors import MobilevecError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
+# Modules under mobilevec/ that add their own sub-commands: each defines
+# ``add_commands(subparsers)`` and keeps its heavy imports inside the command functions.
+_COMMAND_MODULES: list[str] = []
 
-def _default_dir(env: str, sub: str) -> Path:
+
+def default_shared_dir(env: str, sub: str) -> Path:
     return Path(os.environ.get(env, Path("..") / "shared" / sub))
 
 
-def _progress(total: int, desc: str):
+def progress_bar(total: int, desc: str):
     """A tqdm bar's update-to callback, or a no-op when tqdm is unavailable."""
     try:
         from tqdm import tqdm
@@ -62,7 +67,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(args.weights_dir, args.data_dir, progress=_progress)
+    return run_demo(args.weights_dir, args.data_dir, progress=progress_bar)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,13 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="embed the example photos with both seed models, show "
                                     "nearest neighbours and kNN accuracy")
     p.add_argument("--weights-dir", type=Path,
-                   default=_default_dir("MOBILEVEC_WEIGHTS_DIR", "weights"),
+                   default=default_shared_dir("MOBILEVEC_WEIGHTS_DIR", "weights"),
                    help="folder with the real weights (default: $MOBILEVEC_WEIGHTS_DIR or "
                         "../shared/weights)")
-    p.add_argument("--data-dir", type=Path, default=_default_dir("MOBILEVEC_DATA_DIR", "data"),
+    p.add_argument("--data-dir", type=Path,
+                   default=default_shared_dir("MOBILEVEC_DATA_DIR", "data"),
                    help="folder with the example photos (default: $MOBILEVEC_DATA_DIR or "
                         "../shared/data)")
     p.set_defaults(func=cmd_demo)
+
+    for module in _COMMAND_MODULES:
+        importlib.import_module(f"{__package__}.{module}").add_commands(sub)
     return parser
 
 
