@@ -72,3 +72,32 @@ def get_config(name: str) -> ModelConfig:
     except KeyError:
         raise UnknownModelError(
             f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+
+
+def infer_model(shapes: dict[str, tuple[int, ...]], image_size: int | None = None) -> str:
+    """The registered model whose variables have exactly these TF-Slim names and shapes.
+
+    ``shapes`` maps variable names to shapes (extra variables, such as logits, are
+    allowed). Variants that differ only in input size share weights: the published
+    ``image_size`` (default 224) picks among them. Raises :class:`UnknownModelError`.
+    """
+    from .model import MobileNet
+    from .names import torch_to_tf, variable_names
+
+    wanted = image_size or 224
+    candidates = sorted(MODELS.values(), key=lambda c: (c.image_size != wanted, c.name))
+    seen_archs: set[tuple[str, float]] = set()
+    for config in candidates:
+        if (config.arch, config.multiplier) in seen_archs:
+            continue
+        seen_archs.add((config.arch, config.multiplier))
+        if not any(name.startswith(config.spec.root_scope + "/") for name in shapes):
+            continue
+        model = MobileNet(config)
+        state = model.state_dict()
+        if all(tuple(shapes.get(v.tf_name, ())) ==
+               torch_to_tf(state[v.torch_key].numpy(), v.layout).shape
+               for v in variable_names(model)):
+            return config.name
+    raise UnknownModelError("these weights match no known MobileNet variant; pass the model "
+                            f"name explicitly (known: {', '.join(list_models())})")

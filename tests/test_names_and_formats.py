@@ -177,3 +177,22 @@ def test_tf_checkpoint_fixture_builds_a_v2_035_with_its_ema_values(tmp_path):
     with torch.no_grad():
         assert torch.equal(from_checkpoint(x), reference(x))
         assert not torch.equal(from_checkpoint(x), raw(x))
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2_035_224", "mobilenet_v2_140_224",
+                                  "mobilenet_v3_small_075_224", "mobilenet_v3_large_100_224",
+                                  "mobilenet_v3_small_minimalistic_100_224"])
+def test_infer_model_recognises_a_variant_by_its_variable_shapes(name):
+    from mobilevec.registry import infer_model
+
+    variables = to_tf_variables(mobilevec.create(name))
+    assert infer_model({k: v.shape for k, v in variables.items()}) == name
+    assert infer_model({k: v.shape for k, v in variables.items()}, image_size=128) == \
+        (name.replace("_224", "_128") if name.startswith("mobilenet_v2") else name)
+
+
+def test_infer_model_refuses_unknown_shapes():
+    from mobilevec.registry import infer_model
+
+    with pytest.raises(mobilevec.UnknownModelError, match="match no known"):
+        infer_model({"MobilenetV2/Conv/weights": (3, 3, 3, 7)})
