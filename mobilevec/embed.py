@@ -1,18 +1,68 @@
-"""Embedding many image files: decode, batch, run the model, keep going past bad files."""
+"""Embedding many image files: parallel decode, batched inference, bad files reported.
+
+Decoding runs in worker processes (or inline with ``workers=0``) a bounded number of files
+ahead of the model, so decode and inference overlap and memory stays flat however many
+files there are. A file that cannot be decoded is reported as ``(path, reason)`` and never
+stops the run; a decoder process that dies (a crashing codec, the kernel's OOM killer) is
+replaced and the files it held are retried one by one, so only the culprit is reported.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import multiprocessing
+import os
+import signal
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .images import Crop, ImageError, load_image
+from .images import MAX_PIXELS, Crop, ImageError, load_array
+from .search import l2_normalize
 
 log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 64
+_CHUNK = 4  # files per task sent to a worker: amortises IPC, limits what a crash takes along
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How files become model inputs (see :mod:`mobilevec.images`); recorded with vectors.
+
+    ``size`` is (height, width); ``draft`` allows JPEG DCT scaling (faster, not TF's
+    full decode); ``max_pixels`` refuses larger images before decoding.
+    """
+
+    size: tuple[int, int] = (224, 224)
+    crop: Crop = "none"
+    draft: bool = False
+    max_pixels: int = MAX_PIXELS
+
+    def load(self, path: str | Path) -> np.ndarray:
+        """``(3, h, w)`` float32 in [0, 1]; raises :class:`ImageError`."""
+        return load_array(path, self.size, self.crop, draft=self.draft,
+                          max_pixels=self.max_pixels)
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "size": list(self.size)}
+
+
+@dataclass
+class Batch:
+    """One inference batch: ``vectors[i]`` belongs to ``paths[i]``; ``errors`` are the files
+    that failed since the previous batch, as (path, reason)."""
+
+    paths: list[Path]
+    vectors: np.ndarray  # (len(paths), D) float32
+    errors: list[tuple[Path, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -24,43 +74,190 @@ class EmbedResult:
     errors: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def _batches(paths: Iterable[Path], size: int, crop: Crop, batch_size: int,
-             errors: list[tuple[Path, str]]) -> Iterator[tuple[list[Path], torch.Tensor]]:
-    batch: list[Path] = []
-    tensors: list[torch.Tensor] = []
+def default_workers() -> int:
+    """One decode worker per core available to this process."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _decode_chunk(paths: list[Path], prep: Preprocessing) -> list[tuple[np.ndarray | None, str]]:
+    results: list[tuple[np.ndarray | None, str]] = []
     for path in paths:
         try:
-            tensors.append(load_image(path, size, crop))
+            results.append((prep.load(path), ""))
         except ImageError as e:
-            log.warning("skipping %s", e)
-            errors.append((Path(path), e.cause))
-            continue
-        batch.append(Path(path))
-        if len(batch) == batch_size:
-            yield batch, torch.stack(tensors)
-            batch, tensors = [], []
-    if batch:
-        yield batch, torch.stack(tensors)
+            results.append((None, e.cause))
+        except Exception as e:  # noqa: BLE001 - a codec bug in one file must not stop the run
+            results.append((None, f"unexpected decoder error ({type(e).__name__}: {e})"))
+    return results
+
+
+def _ignore_sigint() -> None:
+    # Ctrl-C is handled once, by the parent, which shuts the pool down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _new_pool(workers: int) -> ProcessPoolExecutor:
+    # fork: workers start instantly and need no re-import; they only run numpy and Pillow
+    # (no torch, whose thread pools are not fork-safe).
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_ignore_sigint)
+
+
+def _chunks(paths: Iterable[Path], size: int) -> Iterator[list[Path]]:
+    chunk: list[Path] = []
+    for path in paths:
+        chunk.append(Path(path))
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def decode_files(paths: Iterable[str | Path], prep: Preprocessing, *, workers: int | None = None,
+                 prefetch: int = 2 * DEFAULT_BATCH_SIZE
+                 ) -> Iterator[tuple[Path, np.ndarray | None, str]]:
+    """Decode ``paths`` in order: ``(path, (3, h, w) float32 array, "")`` or
+    ``(path, None, reason)``.
+
+    ``workers`` processes (None: one per core, 0: decode inline) run at most ``prefetch``
+    files ahead of the consumer.
+    """
+    workers = default_workers() if workers is None else workers
+    if workers <= 0:
+        for chunk in _chunks(paths, 1):
+            (array, reason), = _decode_chunk(chunk, prep)
+            yield chunk[0], array, reason
+        return
+    todo: deque[list[Path]] = deque()
+    source = _chunks(paths, _CHUNK)
+    window = max(workers + 1, prefetch // _CHUNK)
+    pending: deque[tuple[list[Path], Future]] = deque()
+    pool = _new_pool(workers)
+    try:
+        while True:
+            while len(pending) < window:
+                chunk = todo.popleft() if todo else next(source, None)
+                if chunk is None:
+                    break
+                pending.append((chunk, pool.submit(_decode_chunk, chunk, prep)))
+            if not pending:
+                return
+            chunk, future = pending.popleft()
+            try:
+                results = future.result()
+            except BrokenProcessPool:
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = _new_pool(workers)
+                if len(chunk) == 1:
+                    log.warning("decoder process died on %s", chunk[0])
+                    results = [(None, "the decoder process died on this file (crash or out "
+                                      "of memory)")]
+                else:  # one of these killed it: retry them singly, the others as they were
+                    todo.extendleft(reversed([[p] for p in chunk] + [c for c, _ in pending]))
+                    pending.clear()
+                    continue
+            for path, (array, reason) in zip(chunk, results, strict=True):
+                yield path, array, reason
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _input_size(model: torch.nn.Module, size: int | tuple[int, int] | None) -> tuple[int, int]:
+    size = size or getattr(getattr(model, "config", None), "image_size", 224)
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 @torch.inference_mode()
-def embed_files(model: torch.nn.Module, paths: Sequence[str | Path], *, size: int | None = None,
-                crop: Crop = "none", batch_size: int = 32, progress=None) -> EmbedResult:
-    """Embed ``paths`` with ``model``; undecodable files are reported, not fatal.
+def embed_batches(model: torch.nn.Module, paths: Iterable[str | Path], *,
+                  prep: Preprocessing | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                  workers: int | None = None, normalize: bool = False) -> Iterator[Batch]:
+    """Embed ``paths`` batch by batch (files in input order, failed ones left out).
 
-    ``size`` defaults to the model's published input size. ``progress`` is an optional
-    callable receiving the number of files handled after each batch.
+    ``prep`` defaults to the exact TF rule at the model's published size. Each
+    :class:`Batch` holds up to ``batch_size`` vectors, float32 ``(B, num_features)``, L2
+    normalised when ``normalize``, and the files that failed since the previous batch. A
+    last batch may hold errors only.
     """
-    size = size or getattr(getattr(model, "config", None), "image_size", 224)
+    prep = prep or Preprocessing(size=_input_size(model, None))
     model.eval()
+    done: list[Path] = []
+    arrays: list[np.ndarray] = []
     errors: list[tuple[Path, str]] = []
-    done_paths: list[Path] = []
-    vectors: list[np.ndarray] = []
-    for batch, x in _batches([Path(p) for p in paths], size, crop, batch_size, errors):
-        vectors.append(model(x).numpy())
-        done_paths += batch
+
+    def flush() -> Batch:
+        if arrays:
+            vectors = model(torch.from_numpy(np.stack(arrays))).float().numpy()
+        else:
+            vectors = np.zeros((0, getattr(model, "num_features", 0)), np.float32)
+        return Batch(list(done), l2_normalize(vectors) if normalize else vectors, list(errors))
+
+    for path, array, reason in decode_files(paths, prep, workers=workers,
+                                            prefetch=2 * batch_size):
+        if array is None:
+            log.warning("skipping %s: %s", path, reason)
+            errors.append((path, reason))
+            continue
+        done.append(path)
+        arrays.append(array)
+        if len(arrays) == batch_size:
+            yield flush()
+            done, arrays, errors = [], [], []
+    if arrays or errors:
+        yield flush()
+
+
+def iter_embeddings(model: torch.nn.Module, paths: Iterable[str | Path],
+                    errors: list[tuple[Path, str]] | None = None,
+                    **options) -> Iterator[tuple[Path, np.ndarray]]:
+    """``(path, vector)`` for each file that decodes, in input order; vector float32 ``(D,)``.
+
+    Failed files are logged and appended to ``errors`` when given. ``options`` are those of
+    :func:`embed_batches`.
+    """
+    for batch in embed_batches(model, paths, **options):
+        if errors is not None:
+            errors.extend(batch.errors)
+        yield from zip(batch.paths, batch.vectors, strict=True)
+
+
+def embed_files(model: torch.nn.Module, paths: Sequence[str | Path], *,
+                size: int | tuple[int, int] | None = None, crop: Crop = "none",
+                draft: bool = False, batch_size: int = 32, workers: int | None = None,
+                normalize: bool = False, progress=None) -> EmbedResult:
+    """Embed ``paths`` into arrays; undecodable files are reported, not fatal.
+
+    ``size`` defaults to the model's published input size; ``draft`` allows JPEG DCT
+    scaling (see :mod:`mobilevec.images`). ``workers``: decode processes (0: inline, None:
+    one per core). ``progress`` is an optional callable receiving the number of files
+    handled after each batch. Returns float32 ``(N, num_features)`` vectors for the N files
+    that decoded, in input order.
+    """
+    prep = Preprocessing(size=_input_size(model, size), crop=crop, draft=draft)
+    result = EmbedResult([], np.zeros((0, getattr(model, "num_features", 0)), np.float32))
+    chunks: list[np.ndarray] = []
+    for batch in embed_batches(model, paths, prep=prep, batch_size=batch_size,
+                               workers=workers, normalize=normalize):
+        result.paths += batch.paths
+        result.errors += batch.errors
+        chunks.append(batch.vectors)
         if progress:
-            progress(len(done_paths) + len(errors))
-    dim = getattr(model, "num_features", 0)
-    stacked = np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)
-    return EmbedResult(done_paths, stacked, errors)
+            progress(len(result.paths) + len(result.errors))
+    if chunks:
+        result.vectors = np.concatenate(chunks)
+    return result
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of the model name and every parameter and buffer: equal iff same vectors."""
+    digest = hashlib.sha256(str(getattr(getattr(model, "config", None), "name", "")).encode())
+    for key, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else
+                      t.float().numpy().tobytes())
+    return digest.hexdigest()
