@@ -9,15 +9,18 @@ replaced and the files it held are retried one by one, so only the culprit is re
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import multiprocessing
 import os
 import signal
+import sys
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,6 +33,8 @@ from .search import l2_normalize
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 64
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_DIED = "the decoder process died on this file (codec crash or out of memory)"
 _CHUNK = 4  # files per task sent to a worker: amortises IPC, limits what a crash takes along
 
 
@@ -94,9 +99,13 @@ def _decode_chunk(paths: list[Path], prep: Preprocessing) -> list[tuple[np.ndarr
     return results
 
 
-def _ignore_sigint() -> None:
+def _init_worker() -> None:
     # Ctrl-C is handled once, by the parent, which shuts the pool down.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # If the parent is killed (SIGKILL), take the workers along instead of orphaning them.
+    if sys.platform.startswith("linux"):
+        with suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _new_pool(workers: int) -> ProcessPoolExecutor:
@@ -104,7 +113,12 @@ def _new_pool(workers: int) -> ProcessPoolExecutor:
     # (no torch, whose thread pools are not fork-safe).
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else None)
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_ignore_sigint)
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
+
+
+def _restart(pool: ProcessPoolExecutor, workers: int) -> ProcessPoolExecutor:
+    pool.shutdown(wait=False, cancel_futures=True)
+    return _new_pool(workers)
 
 
 def _chunks(paths: Iterable[Path], size: int) -> Iterator[list[Path]]:
@@ -133,34 +147,35 @@ def decode_files(paths: Iterable[str | Path], prep: Preprocessing, *, workers: i
             (array, reason), = _decode_chunk(chunk, prep)
             yield chunk[0], array, reason
         return
-    todo: deque[list[Path]] = deque()
     source = _chunks(paths, _CHUNK)
     window = max(workers + 1, prefetch // _CHUNK)
     pending: deque[tuple[list[Path], Future]] = deque()
+    suspects: deque[Path] = deque()  # after a crash: decoded one at a time, alone
     pool = _new_pool(workers)
     try:
         while True:
-            while len(pending) < window:
-                chunk = todo.popleft() if todo else next(source, None)
-                if chunk is None:
-                    break
+            if suspects:
+                path = suspects.popleft()
+                try:
+                    (array, reason), = pool.submit(_decode_chunk, [path], prep).result()
+                except BrokenProcessPool:
+                    pool = _restart(pool, workers)
+                    log.warning("decoder process died on %s", path)
+                    array, reason = None, _DIED
+                yield path, array, reason
+                continue
+            while len(pending) < window and (chunk := next(source, None)) is not None:
                 pending.append((chunk, pool.submit(_decode_chunk, chunk, prep)))
             if not pending:
                 return
             chunk, future = pending.popleft()
             try:
                 results = future.result()
-            except BrokenProcessPool:
-                pool.shutdown(wait=False, cancel_futures=True)
-                pool = _new_pool(workers)
-                if len(chunk) == 1:
-                    log.warning("decoder process died on %s", chunk[0])
-                    results = [(None, "the decoder process died on this file (crash or out "
-                                      "of memory)")]
-                else:  # one of these killed it: retry them singly, the others as they were
-                    todo.extendleft(reversed([[p] for p in chunk] + [c for c, _ in pending]))
-                    pending.clear()
-                    continue
+            except BrokenProcessPool:  # one of the files in flight killed it: find which
+                pool = _restart(pool, workers)
+                suspects.extend(chunk + [p for c, _ in pending for p in c])
+                pending.clear()
+                continue
             for path, (array, reason) in zip(chunk, results, strict=True):
                 yield path, array, reason
     finally:

@@ -295,7 +295,9 @@ class VectorStore:
             return
         self._lock = open(self.root / "_lock", "w")  # noqa: SIM115 - held while open
         try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # a POSIX record lock, not flock: forked decode workers do not inherit it, so
+            # it dies with this process even if orphaned workers linger
+            fcntl.lockf(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self._lock.close()
             raise StoreError(f"{self.output} is being written by another run") from None
