@@ -28,6 +28,9 @@ def _add_model_options(p: argparse.ArgumentParser, required: bool) -> None:
 def _add_decode_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="decode processes (default: one per core; 0 decodes inline)")
+    p.add_argument("--threads", action="store_true",
+                   help="decode in threads, not processes: faster (no copies between "
+                        "processes) but a crashing codec then stops the run")
     p.add_argument("--batch-size", type=int, default=64, help="images per inference batch")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -88,7 +91,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     try:
         summary = run_embed(model, sources.paths, args.output, prep=prep, meta=meta,
                             batch_size=args.batch_size, workers=args.workers,
-                            missing=sources.missing, progress=update)
+                            threads=args.threads, missing=sources.missing, progress=update)
     finally:
         if bar is not None:
             bar.close()
@@ -140,7 +143,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     prep = Preprocessing(size=tuple(p["size"]), crop=p["crop"], draft=p["draft"])
     paths, vectors, failures = [], [], list(sources.missing)
     for batch in embed_batches(model, sources.paths, prep=prep, batch_size=args.batch_size,
-                               workers=args.workers, normalize=meta["normalize"]):
+                               workers=args.workers, threads=args.threads,
+                               normalize=meta["normalize"]):
         paths += batch.paths
         vectors += list(batch.vectors)
         failures += [(str(path), reason) for path, reason in batch.errors]
@@ -210,8 +214,9 @@ def add_commands(subparsers) -> None:
                    help="none: squash to the input size (TF Hub's usual feed); center: "
                         "resize the shorter side and crop the centre")
     p.add_argument("--exact-decode", action="store_true",
-                   help="decode JPEGs at full size as TF does (default: DCT-scaled decode "
-                        "of JPEGs over 2x the input size; faster, cosine >= 0.99 to exact)")
+                   help="decode JPEGs at full size as TF does (default: JPEGs 4x or more "
+                        "the input size are DCT-scaled to >= 2x it: 2-3x faster decode, median "
+                        "cosine 0.998 to the full decode; see docs/benchmarks.md)")
     p.add_argument("--normalize", action="store_true", help="store L2-normalised vectors")
     p.add_argument("--half", action="store_true", help="store float16 vectors")
     p.add_argument("--max-pixels", type=int, default=None,

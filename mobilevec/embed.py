@@ -18,7 +18,7 @@ import signal
 import sys
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
@@ -108,7 +108,9 @@ def _init_worker() -> None:
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _new_pool(workers: int) -> ProcessPoolExecutor:
+def _new_pool(workers: int, threads: bool) -> Executor:
+    if threads:
+        return ThreadPoolExecutor(workers, thread_name_prefix="mobilevec-decode")
     # fork: workers start instantly and need no re-import; they only run numpy and Pillow
     # (no torch, whose thread pools are not fork-safe).
     methods = multiprocessing.get_all_start_methods()
@@ -116,9 +118,9 @@ def _new_pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
 
 
-def _restart(pool: ProcessPoolExecutor, workers: int) -> ProcessPoolExecutor:
+def _restart(pool: Executor, workers: int) -> Executor:
     pool.shutdown(wait=False, cancel_futures=True)
-    return _new_pool(workers)
+    return _new_pool(workers, threads=False)  # only process pools break
 
 
 def _chunks(paths: Iterable[Path], size: int) -> Iterator[list[Path]]:
@@ -133,13 +135,14 @@ def _chunks(paths: Iterable[Path], size: int) -> Iterator[list[Path]]:
 
 
 def decode_files(paths: Iterable[str | Path], prep: Preprocessing, *, workers: int | None = None,
-                 prefetch: int = 2 * DEFAULT_BATCH_SIZE
+                 threads: bool = False, prefetch: int = 2 * DEFAULT_BATCH_SIZE
                  ) -> Iterator[tuple[Path, np.ndarray | None, str]]:
     """Decode ``paths`` in order: ``(path, (3, h, w) float32 array, "")`` or
     ``(path, None, reason)``.
 
     ``workers`` processes (None: one per core, 0: decode inline) run at most ``prefetch``
-    files ahead of the consumer.
+    files ahead of the consumer. ``threads=True`` uses threads instead (Pillow and numpy
+    release the GIL): no inter-process copies, but a crashing codec takes the caller down.
     """
     workers = default_workers() if workers is None else workers
     if workers <= 0:
@@ -151,7 +154,7 @@ def decode_files(paths: Iterable[str | Path], prep: Preprocessing, *, workers: i
     window = max(workers + 1, prefetch // _CHUNK)
     pending: deque[tuple[list[Path], Future]] = deque()
     suspects: deque[Path] = deque()  # after a crash: decoded one at a time, alone
-    pool = _new_pool(workers)
+    pool = _new_pool(workers, threads)
     try:
         while True:
             if suspects:
@@ -190,7 +193,8 @@ def _input_size(model: torch.nn.Module, size: int | tuple[int, int] | None) -> t
 @torch.inference_mode()
 def embed_batches(model: torch.nn.Module, paths: Iterable[str | Path], *,
                   prep: Preprocessing | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                  workers: int | None = None, normalize: bool = False) -> Iterator[Batch]:
+                  workers: int | None = None, threads: bool = False,
+                  normalize: bool = False) -> Iterator[Batch]:
     """Embed ``paths`` batch by batch (files in input order, failed ones left out).
 
     ``prep`` defaults to the exact TF rule at the model's published size. Each
@@ -211,7 +215,7 @@ def embed_batches(model: torch.nn.Module, paths: Iterable[str | Path], *,
             vectors = np.zeros((0, getattr(model, "num_features", 0)), np.float32)
         return Batch(list(done), l2_normalize(vectors) if normalize else vectors, list(errors))
 
-    for path, array, reason in decode_files(paths, prep, workers=workers,
+    for path, array, reason in decode_files(paths, prep, workers=workers, threads=threads,
                                             prefetch=2 * batch_size):
         if array is None:
             log.warning("skipping %s: %s", path, reason)

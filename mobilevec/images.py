@@ -178,17 +178,29 @@ def resize_array(image: np.ndarray, size: Size = 224, crop: Crop = "none") -> np
     (inner_h, inner_w), (top, left) = _window(image.shape[:2], size, crop)
     y0, y1, fy = _source_axis(image.shape[0], inner_h, top, height)
     x0, x1, fx = _source_axis(image.shape[1], inner_w, left, width)
+    pixels = image.reshape(image.shape[0] * image.shape[1], -1)
+
+    def corner(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        # gather the needed pixels first, convert second: the cost follows the output size
+        index = (ys[:, None] * image.shape[1] + xs[None, :]).ravel()
+        picked = np.take(pixels, index, axis=0).reshape(len(ys), len(xs), -1)
+        return picked * _TO_UNIT if picked.dtype == np.uint8 else picked.astype(np.float32)
+
+    # TF's compute_lerp, in place: top = tl + (tr - tl) * fx; bottom likewise;
+    # out = top + (bottom - top) * fy
     fx = fx[None, :, None]
-
-    def rows(index: np.ndarray) -> np.ndarray:
-        picked = image[index]  # only the rows the output reads
-        picked = picked * _TO_UNIT if picked.dtype == np.uint8 else picked.astype(np.float32)
-        left_px, right_px = picked[:, x0], picked[:, x1]
-        return left_px + (right_px - left_px) * fx
-
-    top_rows, bottom_rows = rows(y0), rows(y1)
-    out = top_rows + (bottom_rows - top_rows) * fy[:, None, None]
-    return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32)
+    top_row, right = corner(y0, x0), corner(y0, x1)
+    right -= top_row
+    right *= fx
+    top_row += right
+    bottom_row, right = corner(y1, x0), corner(y1, x1)
+    right -= bottom_row
+    right *= fx
+    bottom_row += right
+    bottom_row -= top_row
+    bottom_row *= fy[:, None, None]
+    top_row += bottom_row
+    return np.ascontiguousarray(top_row.transpose(2, 0, 1), dtype=np.float32)
 
 
 def resize(images: torch.Tensor, size: Size, crop: Crop = "none") -> torch.Tensor:

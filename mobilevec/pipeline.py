@@ -103,7 +103,8 @@ def _keys(paths: Sequence[Path], done: set[Key], summary: RunSummary
 
 def run_embed(model: torch.nn.Module, paths: Sequence[Path], output: str | Path, *,
               prep: Preprocessing, meta: dict, batch_size: int = DEFAULT_BATCH_SIZE,
-              workers: int | None = None, missing: Sequence[tuple[str, str]] = (),
+              workers: int | None = None, threads: bool = False,
+              missing: Sequence[tuple[str, str]] = (),
               progress: Callable[[int, int], None] | None = None) -> RunSummary:
     """Embed ``paths`` into the store at ``output`` (created or resumed), batch by batch.
 
@@ -126,7 +127,8 @@ def run_embed(model: torch.nn.Module, paths: Sequence[Path], output: str | Path,
             progress(0, len(todo))
         try:
             for batch in embed_batches(model, todo, prep=prep, batch_size=batch_size,
-                                       workers=workers, normalize=meta["normalize"]):
+                                       workers=workers, threads=threads,
+                                       normalize=meta["normalize"]):
                 errors = [(str(p), reason) for p, reason in batch.errors]
                 store.append([keys[p] for p in batch.paths], batch.vectors, errors)
                 summary.ok += len(batch.paths)

@@ -212,14 +212,14 @@ class CrashingPreprocessing(Preprocessing):
 
 
 # --- inputs ------------------------------------------------------------------------------
-def test_globs_lists_and_missing_inputs(tmp_path, weights, capsys):
+def test_globs_lists_and_missing_inputs_with_decode_threads(tmp_path, weights, capsys):
     a, b, c = (photo(tmp_path / n, i) for i, n in enumerate(("a.png", "b.jpg", "c.webp")))
     listing = tmp_path / "list.txt"
     listing.write_text(f"# my images\n{c}\n\n{tmp_path / 'gone.png'}\n")
     out = tmp_path / "v.parquet"
     code = embed(str(tmp_path / "*.png"), str(tmp_path / "[b]*"), f"@{listing}",
                  str(tmp_path / "*.tif"), "--model", V3, "--weights", weights, "-o", out,
-                 "--size", "32", "--workers", "0")
+                 "--size", "32", "--workers", "2", "--threads")
     assert code == 3
     assert sorted(rows(out)) == sorted(map(str, (a, b, c)))
     assert set(dict(read_errors(out))) == {str(tmp_path / "gone.png"), str(tmp_path / "*.tif")}

@@ -1,0 +1,173 @@
+"""Embedding pipeline throughput: whole pipeline vs decode-only vs model-only, and peak RSS.
+
+Not a test. Makes a corpus of JPEGs of mixed sizes from ../shared/data (re-encoded and
+resized, into a temporary folder, never the repo), then measures in one run, with the same
+decode workers:
+
+- decode-only: files → preprocessed arrays (``mobilevec.embed.decode_files``);
+- model-only: the model on ready-made input batches;
+- pipeline: ``mobilevec embed``'s library call (decode ∥ inference → Parquet parts);
+- peak RSS of a fresh ``mobilevec embed`` process (plus its decode workers) on N and 10 x N
+  images: flat when nothing grows with the number of images.
+
+    python benchmarks/embed_pipeline.py [--images 1000] [--model mobilenet_v3_small_075_224]
+                                        [--weights FILE] [--workers N] [--rss]
+
+Re-run on a quiet machine for figures worth quoting: other processes' load shows up as
+lower and noisier rates (the script prints the load average it started with).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from mobilevec import create  # noqa: E402
+from mobilevec.embed import (  # noqa: E402
+    DEFAULT_BATCH_SIZE,
+    Preprocessing,
+    decode_files,
+    default_workers,
+)
+from mobilevec.pipeline import run_embed, store_meta  # noqa: E402
+
+DATA = Path(os.environ.get("MOBILEVEC_DATA_DIR", REPO.parent / "shared" / "data"))
+WEIGHTS = Path(os.environ.get("MOBILEVEC_WEIGHTS_DIR", REPO.parent / "shared" / "weights"))
+DEFAULT_WEIGHTS = {"mobilenet_v3_small_075_224": "mobilenet_v3_small_075_224_embedder.tflite",
+                   "mobilenet_v2_100_224": "mobilenet_v2_1.0_224_tfslim_npy"}
+# Long sides of the corpus: thumbnails to camera-ish sizes (most photos on disk are larger
+# than the 224-pixel model input).
+LONG_SIDES = (128, 256, 400, 500, 640, 800, 1024, 1600)
+
+
+def make_corpus(folder: Path, count: int, seed: int = 0) -> list[Path]:
+    """``count`` JPEGs from the shared photos, resized to mixed sizes and re-encoded."""
+    sources = sorted(p for sub in ("imagenet-samples", "tf_flowers5", "flowers5")
+                     for p in (DATA / sub).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
+    if not sources:
+        sys.exit(f"no photos under {DATA}; set MOBILEVEC_DATA_DIR")
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    cache: dict[Path, Image.Image] = {}
+    for i in range(count):
+        source = sources[i % len(sources)]
+        if source not in cache:
+            cache.clear()  # keep one decoded source at a time
+            cache[source] = Image.open(source).convert("RGB")
+        image = cache[source]
+        side = int(rng.choice(LONG_SIDES))
+        scale = side / max(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        path = folder / f"{i:06d}.jpg"
+        image.resize(size, Image.BILINEAR).save(path, quality=int(rng.integers(70, 96)))
+        paths.append(path)
+    return paths
+
+
+def rate(count: int, seconds: float) -> float:
+    return count / seconds if seconds > 0 else float("nan")
+
+
+def decode_only(paths, prep, workers, threads) -> float:
+    start = time.perf_counter()
+    n = sum(1 for _, array, _ in decode_files(paths, prep, workers=workers, threads=threads)
+            if array is not None)
+    return rate(n, time.perf_counter() - start)
+
+
+@torch.inference_mode()
+def model_only(model, count: int, size: tuple[int, int], batch_size: int) -> float:
+    x = torch.rand(batch_size, 3, *size)
+    model(x)  # warm-up
+    start = time.perf_counter()
+    done = 0
+    while done < count:
+        model(x[:min(batch_size, count - done)])
+        done += batch_size
+    return rate(count, time.perf_counter() - start)
+
+
+def pipeline(model, paths, prep, workers, threads, batch_size, weights, out: Path) -> float:
+    meta = store_meta(model, prep, weights=weights)
+    summary = run_embed(model, paths, out, prep=prep, meta=meta, batch_size=batch_size,
+                        workers=workers, threads=threads)
+    assert summary.ok == len(paths), summary
+    return rate(summary.ok, summary.seconds)
+
+
+def peak_rss_mb(folder: Path, model: str, weights: Path, workers: int, out: Path) -> dict:
+    """Peak RSS (MiB) of a fresh `mobilevec embed` process and of its largest worker."""
+    code = ("import resource, sys, json; from mobilevec.cli import main; rc = main(sys.argv[1:]);"
+            "print(json.dumps({'rc': rc, 'main': resource.getrusage(resource.RUSAGE_SELF)"
+            ".ru_maxrss / 1024, 'workers': resource.getrusage(resource.RUSAGE_CHILDREN)"
+            ".ru_maxrss / 1024}))")
+    argv = ["embed", str(folder), "--model", model, "--weights", str(weights), "-o", str(out),
+            "--workers", str(workers), "--quiet"]
+    result = subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO, capture_output=True,
+                            text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--model", default="mobilenet_v3_small_075_224")
+    parser.add_argument("--weights", type=Path)
+    parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--threads", action="store_true", help="decode in threads")
+    parser.add_argument("--exact-decode", action="store_true", help="no JPEG draft mode")
+    parser.add_argument("--rss", action="store_true",
+                        help="also measure peak RSS on N and 10 x N images (slow: makes 10 x N "
+                             "files)")
+    args = parser.parse_args()
+    weights = args.weights or WEIGHTS / DEFAULT_WEIGHTS[args.model]
+    print(f"load average at start: {os.getloadavg()[0]:.2f} (cores: {os.cpu_count()}); "
+          f"torch threads {torch.get_num_threads()}, decode workers {args.workers}")
+    with tempfile.TemporaryDirectory(prefix="mobilevec-bench-") as tmp:
+        tmp = Path(tmp)
+        t = time.perf_counter()
+        paths = make_corpus(tmp / "corpus", args.images)
+        megapixels = np.mean([np.prod(Image.open(p).size) for p in paths]) / 1e6
+        print(f"corpus: {len(paths)} JPEGs, mean {megapixels:.2f} MP, made in "
+              f"{time.perf_counter() - t:.0f} s")
+        model = create(args.model, weights=weights, trainable=False)
+        size = (model.config.image_size,) * 2
+        prep = Preprocessing(size=size, draft=not args.exact_decode)
+        decode = decode_only(paths, prep, args.workers, args.threads)
+        infer = model_only(model, len(paths), size, args.batch_size)
+        full = pipeline(model, paths, prep, args.workers, args.threads, args.batch_size,
+                        weights, tmp / "v.parquet")
+        bound = 1 / (1 / decode + 1 / infer)
+        print(f"\n{args.model}, {len(paths)} images, batch {args.batch_size}, "
+              f"draft {'off' if args.exact_decode else 'on'}")
+        print("| measure | img/s | vs min(decode, model) |\n|---|---:|---:|")
+        for name, value in (("decode only", decode), ("model only", infer),
+                            ("whole pipeline", full),
+                            ("1 / (1/decode + 1/model): both sharing the cores", bound)):
+            print(f"| {name} | {value:.1f} | {value / min(decode, infer):.2f} |")
+        if args.rss:
+            big = make_corpus(tmp / "corpus10", 10 * args.images, seed=1)
+            for folder, count in ((tmp / "corpus", len(paths)), (tmp / "corpus10", len(big))):
+                rss = peak_rss_mb(folder, args.model, weights, args.workers,
+                                  tmp / f"rss{count}.parquet")
+                print(f"peak RSS, {count} images: main {rss['main']:.0f} MiB, largest "
+                      f"worker {rss['workers']:.0f} MiB (exit {rss['rc']})")
+
+
+if __name__ == "__main__":
+    main()
