@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import MobilevecError
 from .images import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,10 @@ def _walk(folder: Path) -> Iterator[Path]:
 
 
 def _list_file(name: str) -> Iterator[str]:
-    stream = sys.stdin if name == "-" else open(name, encoding="utf-8")  # noqa: SIM115
+    try:
+        stream = sys.stdin if name == "-" else open(name, encoding="utf-8")  # noqa: SIM115
+    except OSError as e:
+        raise MobilevecError(f"cannot read the list of paths {name}: {e.strerror}") from e
     with stream:
         for line in stream:
             line = line.strip()
