@@ -326,8 +326,9 @@ class VectorStore:
                 _NpyParts.index_of(part).unlink(missing_ok=True)
         for orphan in self.codec.orphans(self.root):
             orphan.unlink(missing_ok=True)
-        parts = _parts(self.root, self.codec.suffix)
-        self._next = max((last for _, last, _ in parts), default=0) + 1
+        numbers = [last for _, last, _ in _parts(self.root, self.codec.suffix)]
+        numbers += [number for number, _ in _error_parts(self.root)]
+        self._next = max(numbers, default=0) + 1
 
     # writing ------------------------------------------------------------------------------
     def done_keys(self) -> set[Key]:
@@ -365,7 +366,7 @@ class VectorStore:
             self._recover()  # deletes the parts the merged one replaces
         keys, blocks = self._rows()
         embedded = {k[0] for k in keys}
-        errors = [e for e in read_errors(self.output, embedded)]
+        errors = read_errors(self.output, embedded)
         _atomic_write(self.errors_csv, lambda tmp: _write_csv(tmp, ("path", "reason"), errors))
         if self.kind == "npy":
             self._export_npy(keys, blocks)
@@ -475,11 +476,16 @@ def _newest_per_path(paths: list[str]) -> np.ndarray | None:
 def iter_errors(output: str | Path) -> Iterator[tuple[str, str]]:
     """Every recorded failure (path, reason), oldest first, across runs."""
     root, _ = store_paths(output)
+    for _, part in _error_parts(root):
+        for path, reason, *_ in _read_csv(part):
+            yield path, reason
+
+
+def _error_parts(root: Path) -> list[tuple[int, Path]]:
     folder = root / "_errors"
-    if folder.is_dir():
-        for part in sorted(folder.glob("part-*.csv")):
-            for path, reason, *_ in _read_csv(part):
-                yield path, reason
+    found = [(int(m.group(1)), p) for p in (folder.iterdir() if folder.is_dir() else ())
+             if (m := re.match(r"^part-(\d+)\.csv$", p.name))]
+    return sorted(found)
 
 
 def read_errors(output: str | Path, embedded: set[str] | None = None) -> list[tuple[str, str]]:

@@ -373,3 +373,26 @@ def test_search_refuses_a_different_model(flower_table, tmp_path, weights, capsy
     assert "gives a different model" in capsys.readouterr().err
     assert main(["search", str(out), str(photos[0]), "--model", "mobilenet_v2_100_224"]) == 1
     assert "holds mobilenet_v3_small_075_224 vectors" in capsys.readouterr().err
+
+
+def test_error_only_batches_are_kept_across_runs(tmp_path):
+    meta = {"model": V3, "fingerprint": "x", "dim": 2, "dtype": "float32", "normalize": False,
+            "preprocessing": {}}
+    out = tmp_path / "v.npy"
+    for path, reason in (("/a", "broken"), ("/b", "empty")):
+        with VectorStore.open(out, meta) as store:
+            store.append([], np.zeros((0, 2)), [(path, reason)])
+    assert read_errors(out) == [("/a", "broken"), ("/b", "empty")]
+
+
+def test_neighbours_and_duplicate_groups_on_hand_made_vectors():
+    from mobilevec.search import cosine_neighbours, near_duplicate_groups
+
+    v = np.array([[1, 0], [1, 0.1], [0, 1], [-1, 0], [0.1, 1]], np.float16)
+    # cos(v0, v1) = cos(v2, v4) = 1 / sqrt(1.01) = 0.995; every other pair is below 0.1
+    assert near_duplicate_groups(v, 0.99) == [[0, 1], [2, 4]]
+    assert near_duplicate_groups(v, 0.999) == []
+    order, sims = cosine_neighbours(np.array([[1, 0.2]]), v, 2)
+    assert order.tolist() == [[1, 0]]
+    np.testing.assert_allclose(sims[0], [1.02 / np.sqrt(1.04 * 1.01), 1 / np.sqrt(1.04)],
+                               atol=1e-3)
