@@ -1,0 +1,91 @@
+"""What every inference engine shares: the call contract, input checks, thread count.
+
+An engine is called like the torch module: ``engine(x)`` with ``x`` float32 NCHW RGB in
+[0, 1], a numpy array or a torch tensor, of shape ``(N, 3, H, W)`` at the engine's
+``image_size``; it returns ``(N, num_features)`` float32 of the same type (numpy in,
+numpy out; tensor in, CPU tensor out). ``config`` is the model's
+:class:`~mobilevec.registry.ModelConfig`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import MobilevecError
+from ..registry import ModelConfig
+
+# pip extra that installs each optional runtime (pyproject [project.optional-dependencies]).
+EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino", "litert": "litert"}
+
+
+class MissingBackendError(MobilevecError, ImportError):
+    """An optional runtime is not installed; the message names the pip extra."""
+
+    def __init__(self, backend: str, module: str):
+        self.backend = backend
+        super().__init__(f"backend {backend!r} needs the {module!r} package: "
+                         f"pip install 'mobilevec[{EXTRAS.get(backend, backend)}]'")
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyper-threads counted once)."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if not cpus:
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in cpus:
+        siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+        try:
+            cores.add(siblings.read_text().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))
+
+
+class Engine:
+    """Base class: subclasses implement :meth:`run` on a checked float32 NCHW array."""
+
+    backend = "?"
+
+    def __init__(self, config: ModelConfig, image_size: tuple[int, int], num_features: int):
+        self.config = config
+        self.image_size = image_size
+        self.num_features = num_features
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """``x`` C-contiguous float32 ``(N, 3, H, W)``, N ≥ 1 → ``(N, D)`` float32."""
+        raise NotImplementedError
+
+    def run_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """Tensor twin of :meth:`run` (numpy views both ways: no copies)."""
+        return torch.from_numpy(self.run(x.numpy()))
+
+    def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        if isinstance(x, torch.Tensor):
+            t = x.detach().to("cpu", torch.float32).contiguous()
+            self._check(tuple(t.shape))
+            if t.shape[0] == 0:
+                return torch.zeros((0, self.num_features), dtype=torch.float32)
+            return self.run_tensor(t)
+        if isinstance(x, np.ndarray):
+            a = np.ascontiguousarray(x, dtype=np.float32)
+            self._check(a.shape)
+            if a.shape[0] == 0:
+                return np.zeros((0, self.num_features), np.float32)
+            return self.run(a)
+        raise TypeError(f"expected a numpy array or a torch tensor, got {type(x).__name__}")
+
+    def _check(self, shape: tuple[int, ...]) -> None:
+        h, w = self.image_size
+        if len(shape) != 4 or tuple(shape[1:]) != (3, h, w):
+            raise ValueError(f"{self.backend} engine for {self.config.name} takes float32 NCHW "
+                             f"(N, 3, {h}, {w}) in [0, 1], got shape {tuple(shape)}")
+
+    def __repr__(self) -> str:
+        h, w = self.image_size
+        return (f"{type(self).__name__}({self.config.name}, {h}x{w} -> {self.num_features}, "
+                f"backend={self.backend!r})")

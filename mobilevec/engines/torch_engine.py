@@ -1,0 +1,37 @@
+"""``torch-fused``: the folded network (:mod:`mobilevec.export.fused`) in eager PyTorch.
+
+Channels-last activations (oneDNN's fast layout for depthwise and 1×1 convolutions on
+x86), BatchNorm and scaling folded, ``torch.inference_mode``. Measured in
+``benchmarks/engines.py`` against the unfused module in the same layout.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..export.fused import FusedNet
+from ..export.torch_fused import FusedModule
+from ..registry import get_config
+from .base import Engine
+
+
+class TorchFusedEngine(Engine):
+    """Inference-only engine; ``threads`` sets ``torch.set_num_threads`` (process-wide:
+    torch has one intra-op pool), None keeps torch's setting."""
+
+    backend = "torch-fused"
+
+    def __init__(self, net: FusedNet, threads: int | None = None):
+        super().__init__(get_config(net.model), net.image_size, net.num_features)
+        if threads:
+            torch.set_num_threads(threads)
+        self.module = FusedModule(net).to(memory_format=torch.channels_last)
+
+    def run_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            y = self.module(x.contiguous(memory_format=torch.channels_last))
+        return y.clone()  # an ordinary tensor, usable outside inference mode
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.run_tensor(torch.from_numpy(x)).numpy()
