@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 
 
 def create(name: str, weights: str | Path | Weights | None = None, *, trainable: bool = True,
-           batch_norm_momentum: float | None = None, ema: bool = True) -> MobileNet:
+           batch_norm_momentum: float | None = None, ema: bool = True, backend: str = "torch",
+           **engine_options) -> MobileNet:
     """Build model ``name`` (see :func:`list_models`) in eval mode.
 
     ``weights``: any supported artifact, file or directory, recognised by content (TF
@@ -28,7 +29,17 @@ def create(name: str, weights: str | Path | Weights | None = None, *, trainable:
     ``hub.KerasLayer(trainable=False)``.
 
     The returned module maps float32 NCHW RGB in [0, 1] to ``(N, num_features)``.
+
+    ``backend`` other than "torch" ("torch-fused", "onnxruntime", "openvino", "auto")
+    returns an inference-only engine with the same call contract instead
+    (:func:`mobilevec.engines.create_engine`, which takes ``engine_options``).
     """
+    if backend != "torch":
+        from .engines import create_engine
+
+        return create_engine(name, weights, backend, ema=ema, **engine_options)
+    if engine_options:
+        raise TypeError(f"options {sorted(engine_options)} apply only to engine backends")
     config = get_config(name)
     model = MobileNet(config)
     if weights is not None:

@@ -38,7 +38,11 @@ def _session(model: bytes | str, threads: int):
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # ORT raises its own classes for unreadable or invalid models
+        where = model if isinstance(model, str) else "<onnx bytes>"
+        raise ValueError(f"{where}: not a loadable ONNX model ({e})") from e
 
 
 class OnnxRuntimeEngine(Engine):

@@ -99,14 +99,17 @@ def quantize_int8(model, paths: Sequence[str | Path],
     with tempfile.TemporaryDirectory(prefix="mobilevec-int8-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, src)
-        quantize_static(
-            str(src), str(dst), _reader(counted(), model.graph.input[0].name, nhwc),
-            quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
-        if decoded == 0:
-            raise ValueError("none of the calibration images could be decoded")
+        try:
+            quantize_static(
+                str(src), str(dst), _reader(counted(), model.graph.input[0].name, nhwc),
+                quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+        except Exception as e:  # ORT's own error when the reader gave nothing
+            if decoded == 0:
+                raise ValueError("none of the calibration images could be decoded") from e
+            raise
         quantized = onnx.load(str(dst))
     log.info("int8: calibrated on %d images", decoded)
     props[f"{PREFIX}precision"] = "int8"

@@ -1,0 +1,101 @@
+"""``mobilevec export`` and ``mobilevec backends``: thin commands over :mod:`mobilevec.export`
+and :mod:`mobilevec.engines`.
+
+Exit status of ``export``: 0 written; 1 a fatal error (bad weights, missing runtime, no
+calibration image decodes); 2 a usage error. Calibration images that fail to decode are
+reported and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_ERROR = 0, 1
+_SHOWN_ERRORS = 10
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .api import create
+    from .engines import MissingBackendError
+    from .export import calibration_paths, export
+
+    if args.calibrate and not args.int8:
+        print("error: --calibrate only applies with --int8", file=sys.stderr)
+        return EXIT_ERROR
+    calibration = None
+    if args.int8:
+        if not args.calibrate:
+            print("error: --int8 needs --calibrate DIR (a folder of representative photos)",
+                  file=sys.stderr)
+            return EXIT_ERROR
+        try:
+            calibration = calibration_paths(args.calibrate, args.calibration_images)
+        except FileNotFoundError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_ERROR
+        print(f"calibrating int8 on {len(calibration)} images from {args.calibrate}",
+              file=sys.stderr)
+    model = create(args.model, weights=args.weights, trainable=False)
+    skipped: list[tuple[Path, str]] = []
+    try:
+        written = export(model, args.output, args.format, nhwc=args.nhwc,
+                         image_size=args.image_size, source=args.weights,
+                         calibration=calibration, skipped=skipped)
+    except (MissingBackendError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    for path, reason in skipped[:_SHOWN_ERRORS]:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if len(skipped) > _SHOWN_ERRORS:
+        print(f"... and {len(skipped) - _SHOWN_ERRORS} more skipped", file=sys.stderr)
+    size = args.image_size or model.config.image_size
+    layout = "NHWC (N, H, W, 3)" if args.nhwc else "NCHW (N, 3, H, W)"
+    print(f"{model.config.name} -> {', '.join(map(str, written))}")
+    print(f"  {'int8' if args.int8 else 'fp32'}, input float32 {layout} in [0, 1] at "
+          f"{size}x{size}, any batch; output (N, {model.num_features})")
+    return EXIT_OK
+
+
+def cmd_backends(args: argparse.Namespace) -> int:
+    from .engines import AUTO_ORDER, BACKENDS, EXTRAS, available_backends
+
+    installed = available_backends()
+    auto = next(b for b in AUTO_ORDER if b in installed)
+    print("torch        the trainable nn.Module (mobilevec.create's default)")
+    for backend in BACKENDS:
+        state = "installed" if backend in installed else (
+            "not available (no .tflite writer yet)" if backend == "litert"
+            else f"missing: pip install 'mobilevec[{EXTRAS[backend]}]'")
+        print(f"{backend:12} {state}{'  <- auto' if backend == auto else ''}")
+    return EXIT_OK
+
+
+def add_commands(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export", help="write a model as ONNX or OpenVINO IR for fast inference (fp32/int8)",
+        description="Export the folded network (BatchNorm and input scaling folded, static "
+                    "TF 'SAME' pads, dynamic batch) with a metadata block (model, input "
+                    "contract, sha256 of the weights).")
+    p.add_argument("--model", required=True, help="model name, see `mobilevec list`")
+    p.add_argument("--weights", help="weights FILE or DIR, any supported format "
+                                     "(default: random initialisation)")
+    p.add_argument("--format", choices=("onnx", "openvino"), default="onnx",
+                   help="onnx: one .onnx file (opset 17); openvino: .xml + .bin")
+    p.add_argument("-o", "--output", required=True, type=Path, help="output file")
+    p.add_argument("--int8", action="store_true",
+                   help="post-training static int8 quantization (QDQ), needs --calibrate")
+    p.add_argument("--calibrate", type=Path, metavar="DIR",
+                   help="folder of representative photos for int8 calibration")
+    p.add_argument("--calibration-images", type=int, default=300, metavar="N",
+                   help="use at most N calibration images, spread over the folder (300)")
+    p.add_argument("--nhwc", action="store_true",
+                   help="take (N, H, W, 3) input instead of (N, 3, H, W)")
+    p.add_argument("--image-size", type=int,
+                   help="fixed input size (default: the model's, e.g. 224)")
+    p.set_defaults(func=cmd_export)
+
+    p = subparsers.add_parser("backends", help="list inference backends and which are "
+                                               "installed")
+    p.set_defaults(func=cmd_backends)
