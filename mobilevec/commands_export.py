@@ -50,6 +50,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     if len(skipped) > _SHOWN_ERRORS:
         print(f"... and {len(skipped) - _SHOWN_ERRORS} more skipped", file=sys.stderr)
+    if args.int8 and args.format == "onnx":
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(str(written[0])).metadata_props}
+        cosine = float(props.get("mobilevec.int8_cosine_mean", "nan"))
+        print(f"int8 vs fp32 vectors on calibration images: mean cosine {cosine:.4f}"
+              + ("  WARNING: below 0.99, check accuracy before use" if cosine < 0.99 else ""))
     size = args.image_size or model.config.image_size
     layout = "NHWC (N, H, W, 3)" if args.nhwc else "NCHW (N, 3, H, W)"
     print(f"{model.config.name} -> {', '.join(map(str, written))}")

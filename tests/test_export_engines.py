@@ -286,6 +286,7 @@ def test_int8_export_stays_close_and_skips_broken_calibration_images(real_models
     props = {p.key: p.value for p in proto.metadata_props}
     assert props["mobilevec.precision"] == "int8"
     assert props["mobilevec.calibration_images"] == str(len(photos))
+    assert 0.95 < float(props["mobilevec.int8_cosine_mean"]) < 0.9999
     assert any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
     flowers = calibration_paths(data_dir / "tf_flowers5", 16)
     x = np.stack([load_array(p, 224) for p in flowers])

@@ -21,7 +21,9 @@ from ..images import ImageError, load_array
 log = logging.getLogger(__name__)
 
 DEFAULT_CALIBRATION_IMAGES = 300
+COSINE_WARNING = 0.99  # below this mean cosine to fp32 the export warns
 _CALIBRATION_BATCH = 16
+_CHECK_IMAGES = 32
 
 
 def calibration_paths(folder: str | Path, limit: int = DEFAULT_CALIBRATION_IMAGES) -> list[Path]:
@@ -71,13 +73,32 @@ def _reader(batches: Iterator[np.ndarray], input_name: str, nhwc: bool):
     return _Reader()
 
 
+def _agreement(fp32, int8, paths: Sequence[str | Path], size: tuple[int, int],
+               nhwc: bool) -> float:
+    """Mean cosine between the fp32 and int8 models' vectors on ``paths`` (nan if none)."""
+    import onnxruntime as ort
+
+    sessions = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+                for m in (fp32, int8)]
+    name = fp32.graph.input[0].name
+    cosines = []
+    for x in calibration_images(paths, size):
+        x = x.transpose(0, 2, 3, 1).copy() if nhwc else x
+        a, b = (s.run(None, {name: x})[0] for s in sessions)
+        cosines.append((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1))
+    return float(np.concatenate(cosines).mean()) if cosines else float("nan")
+
+
 def quantize_int8(model, paths: Sequence[str | Path],
                   skipped: list[tuple[Path, str]] | None = None):
     """The int8 (QDQ) ``onnx.ModelProto`` of an fp32 mobilevec ONNX model, calibrated on ``paths``.
 
     ``model`` must be one written by :func:`mobilevec.export.onnx_graph.to_onnx` (its
     metadata gives the input size and layout; it is copied to the result with
-    ``precision`` set to int8). Raises ``ValueError`` when no calibration image decodes.
+    ``precision`` set to int8 and ``int8_cosine_mean``, the mean cosine between int8 and
+    fp32 vectors on the first calibration images; below :data:`COSINE_WARNING` a warning
+    is logged: per-tensor int8 does not suit every set of weights). Raises ``ValueError``
+    when no calibration image decodes.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -111,9 +132,16 @@ def quantize_int8(model, paths: Sequence[str | Path],
                 raise ValueError("none of the calibration images could be decoded") from e
             raise
         quantized = onnx.load(str(dst))
-    log.info("int8: calibrated on %d images", decoded)
+    cosine = _agreement(model, quantized, paths[:_CHECK_IMAGES], (h, w), nhwc)
+    log.info("int8: calibrated on %d images; cosine to fp32 on %d of them: mean %.4f",
+             decoded, min(len(paths), _CHECK_IMAGES), cosine)
+    if cosine < COSINE_WARNING:
+        log.warning("int8 vectors differ from fp32 (mean cosine %.4f < %.2f on calibration "
+                    "images): check the accuracy you need before using this model",
+                    cosine, COSINE_WARNING)
     props[f"{PREFIX}precision"] = "int8"
     props[f"{PREFIX}calibration_images"] = str(decoded)
+    props[f"{PREFIX}int8_cosine_mean"] = f"{cosine:.4f}"
     del quantized.metadata_props[:]
     onnx.helper.set_model_props(quantized, props)
     return quantized
