@@ -51,7 +51,7 @@ BEGIN, END = "<!-- engines:begin -->", "<!-- engines:end -->"
 
 # (case id, label, kind "mobilevec"/"peer", precision)
 CASES = [
-    ("mv-torch", "mobilevec torch module (eager, channels-last)", "mobilevec", "fp32"),
+    ("mv-torch", "mobilevec torch module (eager, channels-last, FTZ)", "mobilevec", "fp32"),
     ("mv-torch-fused", "mobilevec torch-fused (folded, channels-last)", "mobilevec", "fp32"),
     ("mv-ort", "mobilevec onnxruntime", "mobilevec", "fp32"),
     ("mv-ov", "mobilevec openvino", "mobilevec", "fp32"),
@@ -92,6 +92,7 @@ def _build(case: str, model_name: str, files: dict[str, str], threads: int):
         import torch
 
         torch.set_num_threads(threads)
+        torch.set_flush_denormal(True)  # as torch-fused does; else real V2 weights crawl
         m = mobilevec.create(model_name, weights, trainable=False)
         m = m.to(memory_format=torch.channels_last)
 
