@@ -29,3 +29,21 @@ class UnknownModelError(MobilevecError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
+
+
+class DownloadError(MobilevecError):
+    """Fetching, verifying, caching or unpacking a remote artifact failed.
+
+    The message names the URL or file at fault and says what to do next; ``url`` and
+    ``path`` hold them when known.
+    """
+
+    def __init__(self, message: str, *, url: str | None = None,
+                 path: str | Path | None = None):
+        super().__init__(message)
+        self.url = url
+        self.path = None if path is None else str(path)
+
+
+class OfflineError(DownloadError):
+    """Offline mode is on and the artifact is not in the cache (no network was tried)."""
