@@ -323,7 +323,7 @@ def _write_doc(section: str) -> None:
         head, rest = text.split(BEGIN, 1)
         text = head + block + rest.split(END, 1)[1]
     else:
-        text = text.rstrip() + "\n\n" + block + "\n"
+        text = text.rstrip() + "\n\n## Inference engines (issue 7)\n\n" + block + "\n"
     DOC.write_text(text)
 
 
@@ -336,6 +336,7 @@ def main() -> int:
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--files", help=argparse.SUPPRESS)
     args = p.parse_args()
+    os.environ.setdefault("KERAS_BACKEND", "torch")  # Keras 3 without TensorFlow
     if args.case:  # child process
         print(json.dumps(run_case(args.case, args.model, json.loads(args.files), args.runs)))
         return 0
@@ -360,8 +361,7 @@ def main() -> int:
                     continue
                 cmd = [sys.executable, __file__, "--case", case, "--model", model_name,
                        "--files", json.dumps(files), "--runs", str(args.runs)]
-                proc = subprocess.run(cmd, capture_output=True, text=True,
-                                      env={**os.environ, "KERAS_BACKEND": "torch"})
+                proc = subprocess.run(cmd, capture_output=True, text=True)
                 try:
                     r = json.loads(proc.stdout.strip().splitlines()[-1])
                 except (IndexError, json.JSONDecodeError):
@@ -373,7 +373,7 @@ def main() -> int:
     rows = _table(results, quality)
     print("\n".join(rows))
     section = "\n".join([
-        "## Inference engines (issue 7): `benchmarks/engines.py`",
+        "### Measured by `benchmarks/engines.py` (this block is rewritten by each run)",
         "",
         f"Machine: {_machine()}.",
         f"Load average (1/5/15 min) before {load_before[0]:.2f}/{load_before[1]:.2f}/"
