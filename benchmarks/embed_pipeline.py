@@ -91,20 +91,23 @@ def decode_only(paths, prep, workers, threads) -> float:
 
 @torch.inference_mode()
 def model_only(model, count: int, size: tuple[int, int], batch_size: int) -> float:
+    """Batches start on the CPU, as in the pipeline, and vectors come back to it."""
+    device = next(model.parameters()).device
     x = torch.rand(batch_size, 3, *size)
-    model(x)  # warm-up
+    model(x.to(device)).cpu()  # warm-up
     start = time.perf_counter()
     done = 0
     while done < count:
-        model(x[:min(batch_size, count - done)])
+        model(x[:min(batch_size, count - done)].to(device)).cpu()
         done += batch_size
     return rate(count, time.perf_counter() - start)
 
 
-def pipeline(model, paths, prep, workers, threads, batch_size, weights, out: Path) -> float:
+def pipeline(model, paths, prep, workers, threads, batch_size, weights, out: Path,
+             prefetch: int | None = None) -> float:
     meta = store_meta(model, prep, weights=weights)
     summary = run_embed(model, paths, out, prep=prep, meta=meta, batch_size=batch_size,
-                        workers=workers, threads=threads)
+                        workers=workers, threads=threads, prefetch=prefetch)
     assert summary.ok == len(paths), summary
     return rate(summary.ok, summary.seconds)
 
@@ -130,39 +133,57 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--threads", action="store_true", help="decode in threads")
+    parser.add_argument("--device", default="cpu", help="torch device for the model")
+    parser.add_argument("--torch-threads", type=int, help="torch intra-op threads")
+    parser.add_argument("--prefetch", type=int, nargs="+", default=[None],
+                        help="files decoded ahead of the model (default: 2 batches); several "
+                             "values: one pipeline run each")
+    parser.add_argument("--corpus", type=Path,
+                        help="make the corpus in (or reuse it from) this folder")
     parser.add_argument("--exact-decode", action="store_true", help="no JPEG draft mode")
     parser.add_argument("--rss", action="store_true",
                         help="also measure peak RSS on N and 10 x N images (slow: makes 10 x N "
                              "files)")
     args = parser.parse_args()
     weights = args.weights or WEIGHTS / DEFAULT_WEIGHTS[args.model]
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     print(f"load average at start: {os.getloadavg()[0]:.2f} (cores: {os.cpu_count()}); "
           f"torch threads {torch.get_num_threads()}, decode workers {args.workers}")
     with tempfile.TemporaryDirectory(prefix="mobilevec-bench-") as tmp:
         tmp = Path(tmp)
         t = time.perf_counter()
-        paths = make_corpus(tmp / "corpus", args.images)
+        folder = args.corpus or tmp / "corpus"
+        paths = sorted(folder.glob("*.jpg"))[:args.images]
+        if len(paths) < args.images:
+            paths = make_corpus(folder, args.images)
         megapixels = np.mean([np.prod(Image.open(p).size) for p in paths]) / 1e6
         print(f"corpus: {len(paths)} JPEGs, mean {megapixels:.2f} MP, made in "
               f"{time.perf_counter() - t:.0f} s")
-        model = create(args.model, weights=weights, trainable=False)
+        model = create(args.model, weights=weights, trainable=False).to(args.device)
         size = (model.config.image_size,) * 2
         prep = Preprocessing(size=size, draft=not args.exact_decode)
         decode = decode_only(paths, prep, args.workers, args.threads)
         infer = model_only(model, len(paths), size, args.batch_size)
-        full = pipeline(model, paths, prep, args.workers, args.threads, args.batch_size,
-                        weights, tmp / "v.parquet")
+        runs = {}
+        for prefetch in args.prefetch:
+            runs[prefetch] = pipeline(model, paths, prep, args.workers, args.threads,
+                                      args.batch_size, weights, tmp / f"v{prefetch}.parquet",
+                                      prefetch)
         bound = 1 / (1 / decode + 1 / infer)
-        print(f"\n{args.model}, {len(paths)} images, batch {args.batch_size}, "
-              f"draft {'off' if args.exact_decode else 'on'}")
+        print(f"\n{args.model} on {args.device}, {len(paths)} images, batch "
+              f"{args.batch_size}, draft {'off' if args.exact_decode else 'on'}, "
+              f"{args.workers} decode {'threads' if args.threads else 'processes'}")
         print("| measure | img/s | vs min(decode, model) |\n|---|---:|---:|")
-        for name, value in (("decode only", decode), ("model only", infer),
-                            ("whole pipeline", full),
-                            ("1 / (1/decode + 1/model): both sharing the cores", bound)):
+        rows = [("decode only", decode), ("model only", infer)]
+        rows += [(f"whole pipeline{f', prefetch {p}' if p else ''}", full)
+                 for p, full in runs.items()]
+        rows += [("1 / (1/decode + 1/model): both sharing the cores", bound)]
+        for name, value in rows:
             print(f"| {name} | {value:.1f} | {value / min(decode, infer):.2f} |")
         if args.rss:
             big = make_corpus(tmp / "corpus10", 10 * args.images, seed=1)
-            for folder, count in ((tmp / "corpus", len(paths)), (tmp / "corpus10", len(big))):
+            for folder, count in ((paths[0].parent, len(paths)), (tmp / "corpus10", len(big))):
                 rss = peak_rss_mb(folder, args.model, weights, args.workers,
                                   tmp / f"rss{count}.parquet")
                 print(f"peak RSS, {count} images: main {rss['main']:.0f} MiB, largest "

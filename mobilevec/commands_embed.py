@@ -32,6 +32,7 @@ def _add_decode_options(p: argparse.ArgumentParser) -> None:
                    help="decode in threads, not processes: faster (no copies between "
                         "processes) but a crashing codec then stops the run")
     p.add_argument("--batch-size", type=int, default=64, help="images per inference batch")
+    p.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -69,7 +70,7 @@ def _expand(args: argparse.Namespace):
 # --- embed -------------------------------------------------------------------------------
 def cmd_embed(args: argparse.Namespace) -> int:
     from .api import create
-    from .embed import Preprocessing
+    from .embed import Preprocessing, model_fingerprint
     from .images import MAX_PIXELS
     from .pipeline import run_embed, store_meta
 
@@ -79,6 +80,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_ERROR
     model = create(args.model, weights=args.weights, trainable=False)
+    fingerprint = model_fingerprint(model)  # of the weights as loaded, before any move
+    model.to(args.device)
     if args.weights is None:
         print("warning: no --weights: random initialisation (vectors mean nothing, and a "
               "re-run cannot resume them)", file=sys.stderr)
@@ -86,7 +89,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     prep = Preprocessing(size=(size, size), crop=args.crop, draft=not args.exact_decode,
                          max_pixels=args.max_pixels or MAX_PIXELS)
     meta = store_meta(model, prep, normalize=args.normalize, half=args.half,
-                      weights=args.weights)
+                      weights=args.weights, fingerprint=fingerprint)
     bar, update = _bar(len(sources.paths), "embed", args.quiet)
     try:
         summary = run_embed(model, sources.paths, args.output, prep=prep, meta=meta,
@@ -136,7 +139,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .vectorstore import read_meta, read_store
 
     meta = read_meta(args.vectors)
-    model = _model_for(args.vectors, meta, args)
+    model = _model_for(args.vectors, meta, args).to(args.device)
     stored = read_store(args.vectors)
     sources = _expand(args)
     p = meta["preprocessing"]

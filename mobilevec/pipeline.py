@@ -13,6 +13,8 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,15 +66,16 @@ def weights_sha256(weights: str | Path | None) -> str | None:
 
 def store_meta(model: torch.nn.Module, prep: Preprocessing, *, normalize: bool = False,
                half: bool = False, weights: str | Path | None = None,
-               source: str | None = None) -> dict:
+               source: str | None = None, fingerprint: str | None = None) -> dict:
     """What the store records about a run's model and options (see ``COMPATIBLE_KEYS``).
 
     ``weights`` is the artifact the model was loaded from (recorded with its sha256 so that
     ``search`` can rebuild the model); ``source`` optionally names it otherwise (a handle).
+    ``fingerprint`` defaults to :func:`~mobilevec.embed.model_fingerprint` of ``model``.
     """
     return {
         "model": model.config.name,
-        "fingerprint": model_fingerprint(model),
+        "fingerprint": fingerprint or model_fingerprint(model),
         "dim": int(model.num_features),
         "dtype": "float16" if half else "float32",
         "normalize": bool(normalize),
@@ -104,7 +107,7 @@ def _keys(paths: Sequence[Path], done: set[Key], summary: RunSummary
 def run_embed(model: torch.nn.Module, paths: Sequence[Path], output: str | Path, *,
               prep: Preprocessing, meta: dict, batch_size: int = DEFAULT_BATCH_SIZE,
               workers: int | None = None, threads: bool = False,
-              missing: Sequence[tuple[str, str]] = (),
+              missing: Sequence[tuple[str, str]] = (), prefetch: int | None = None,
               progress: Callable[[int, int], None] | None = None) -> RunSummary:
     """Embed ``paths`` into the store at ``output`` (created or resumed), batch by batch.
 
@@ -125,21 +128,43 @@ def run_embed(model: torch.nn.Module, paths: Sequence[Path], output: str | Path,
             summary.errors += early
         if progress:
             progress(0, len(todo))
+        # Parts are written (and fsynced) by a writer thread while the next batch is decoded
+        # and embedded; at most one batch waits for it.
+        writer = ThreadPoolExecutor(1, thread_name_prefix="mobilevec-writer")
+        writing: Future | None = None
+
+        def committed() -> None:
+            nonlocal writing
+            future, writing = writing, None
+            if future is None:
+                return
+            stored, errors = future.result()
+            summary.ok += stored
+            summary.failed += len(errors)
+            summary.errors += errors
+            if progress:
+                progress(summary.ok + summary.failed - len(early), len(todo))
+
+        def commit(batch) -> tuple[int, list[tuple[str, str]]]:
+            errors = [(str(p), reason) for p, reason in batch.errors]
+            store.append([keys[p] for p in batch.paths], batch.vectors, errors)
+            return len(batch.paths), errors
+
         try:
             for batch in embed_batches(model, todo, prep=prep, batch_size=batch_size,
                                        workers=workers, threads=threads,
-                                       normalize=meta["normalize"]):
-                errors = [(str(p), reason) for p, reason in batch.errors]
-                store.append([keys[p] for p in batch.paths], batch.vectors, errors)
-                summary.ok += len(batch.paths)
-                summary.failed += len(errors)
-                summary.errors += errors
-                if progress:
-                    progress(summary.ok + summary.failed - len(early), len(todo))
+                                       normalize=meta["normalize"], prefetch=prefetch):
+                committed()
+                writing = writer.submit(commit, batch)
+            committed()
         except KeyboardInterrupt:
             summary.interrupted = True
+            with suppress(Exception):
+                committed()  # the batch already handed to the writer is kept
             log.warning("interrupted: %d images committed to %s", summary.ok, output)
         else:
             store.finish()
+        finally:
+            writer.shutdown(wait=True)
     summary.seconds = time.perf_counter() - start
     return summary
