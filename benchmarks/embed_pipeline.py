@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="torch device for the model")
     parser.add_argument("--torch-threads", type=int, help="torch intra-op threads")
     parser.add_argument("--prefetch", type=int, nargs="+", default=[None],
-                        help="files decoded ahead of the model (default: 2 batches); several "
+                        help="files decoded ahead of the model (default: 4 batches); several "
                              "values: one pipeline run each")
     parser.add_argument("--corpus", type=Path,
                         help="make the corpus in (or reuse it from) this folder")

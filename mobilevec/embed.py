@@ -182,7 +182,7 @@ def _chunks(paths: Iterable[Path], size: int) -> Iterator[list[Path]]:
 
 
 def decode_files(paths: Iterable[str | Path], prep: Preprocessing, *, workers: int | None = None,
-                 threads: bool = False, prefetch: int = 2 * DEFAULT_BATCH_SIZE
+                 threads: bool = False, prefetch: int = 4 * DEFAULT_BATCH_SIZE
                  ) -> Iterator[tuple[Path, np.ndarray | None, str]]:
     """Decode ``paths`` in order: ``(path, (3, h, w) float32 array, "")`` or
     ``(path, None, reason)``.
@@ -278,7 +278,7 @@ def embed_batches(model: torch.nn.Module, paths: Iterable[str | Path], *,
     :class:`Batch` holds up to ``batch_size`` vectors, float32 ``(B, num_features)``, L2
     normalised when ``normalize``, and the files that failed since the previous batch. A
     last batch may hold errors only. Batches are moved to the model's device. Decoding
-    runs up to ``prefetch`` files (default two batches) ahead of the model.
+    runs up to ``prefetch`` files (default four batches) ahead of the model.
     """
     prep = prep or Preprocessing(size=_input_size(model, None))
     model.eval()
@@ -300,7 +300,7 @@ def embed_batches(model: torch.nn.Module, paths: Iterable[str | Path], *,
         return Batch(list(done), l2_normalize(vectors) if normalize else vectors, list(errors))
 
     for path, array, reason in _decode_stream(paths, prep, workers, threads,
-                                              prefetch or 2 * batch_size):
+                                              prefetch or 4 * batch_size):
         if array is None:
             log.warning("skipping %s: %s", path, reason)
             errors.append((path, reason))
