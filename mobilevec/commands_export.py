@@ -58,7 +58,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"int8 vs fp32 vectors on calibration images: mean cosine {cosine:.4f}"
               + ("  WARNING: below 0.99, check accuracy before use" if cosine < 0.99 else ""))
     size = args.image_size or model.config.image_size
-    layout = "NHWC (N, H, W, 3)" if args.nhwc else "NCHW (N, 3, H, W)"
+    nhwc = args.nhwc or args.format == "tflite"
+    layout = "NHWC (N, H, W, 3)" if nhwc else "NCHW (N, 3, H, W)"
     print(f"{model.config.name} -> {', '.join(map(str, written))}")
     print(f"  {'int8' if args.int8 else 'fp32'}, input float32 {layout} in [0, 1] at "
           f"{size}x{size}, any batch; output (N, {model.num_features})")
@@ -72,9 +73,8 @@ def cmd_backends(args: argparse.Namespace) -> int:
     auto = next(b for b in AUTO_ORDER if b in installed)
     print("torch        the trainable nn.Module (mobilevec.create's default)")
     for backend in BACKENDS:
-        state = "installed" if backend in installed else (
-            "not available (no .tflite writer yet)" if backend == "litert"
-            else f"missing: pip install 'mobilevec[{EXTRAS[backend]}]'")
+        state = ("installed" if backend in installed
+                 else f"missing: pip install 'mobilevec[{EXTRAS[backend]}]'")
         print(f"{backend:12} {state}{'  <- auto' if backend == auto else ''}")
     return EXIT_OK
 
@@ -88,8 +88,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--model", required=True, help="model name, see `mobilevec list`")
     p.add_argument("--weights", help="weights FILE or DIR, any supported format "
                                      "(default: random initialisation)")
-    p.add_argument("--format", choices=("onnx", "openvino"), default="onnx",
-                   help="onnx: one .onnx file (opset 17); openvino: .xml + .bin")
+    p.add_argument("--format", choices=("onnx", "openvino", "tflite"), default="onnx",
+                   help="onnx: one .onnx file (opset 17); openvino: .xml + .bin; "
+                        "tflite: float32 NHWC .tflite for LiteRT")
     p.add_argument("-o", "--output", required=True, type=Path, help="output file")
     p.add_argument("--int8", action="store_true",
                    help="post-training static int8 quantization (QDQ), needs --calibrate")

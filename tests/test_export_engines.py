@@ -194,7 +194,7 @@ def test_every_engine_keeps_the_torch_call_contract(engines, real_models):
     model = real_models[V3]
     x = np.random.default_rng(7).random((9, 3, 224, 224), dtype=np.float32)
     reference = _torch(model, x)
-    assert {"torch-fused", "onnxruntime"} <= set(engines)
+    assert {"torch-fused", "onnxruntime", "litert"} <= set(engines)
     for backend, engine in engines.items():
         assert engine.num_features == 1024 and engine.config.name == V3, backend
         out = engine(x)  # 9 images: sharded over the per-core sessions/streams
@@ -270,6 +270,65 @@ def test_openvino_export_matches_the_torch_module(real_models, tmp_path):
     np.testing.assert_allclose(engine(x), _torch(model, x), atol=TOL, rtol=0)
 
 
+# --- TFLite / LiteRT ------------------------------------------------------------------
+def _litert(data: bytes, x_nchw: np.ndarray) -> np.ndarray:
+    interpreter_module = pytest.importorskip("ai_edge_litert.interpreter")
+    it = interpreter_module.Interpreter(model_content=data, num_threads=2)
+    index = it.get_input_details()[0]["index"]
+    it.resize_tensor_input(index, [len(x_nchw), *x_nchw.shape[2:], 3])
+    it.allocate_tensors()
+    it.set_tensor(index, np.ascontiguousarray(x_nchw.transpose(0, 2, 3, 1)))
+    it.invoke()
+    return it.get_tensor(it.get_output_details()[0]["index"])
+
+
+@pytest.mark.parametrize("name", [V2, V3])
+def test_tflite_export_matches_the_torch_module_on_real_weights(real_models, name):
+    pytest.importorskip("tflite")
+    from mobilevec.export import tflite_bytes
+
+    model = real_models[name]
+    data = tflite_bytes(model, source=None)
+    assert data[4:8] == b"TFL3"
+    x = np.random.default_rng(10).random((3, 3, 224, 224), dtype=np.float32)
+    x = np.concatenate([x, np.zeros((1, 3, 224, 224), np.float32)])  # border: the 0.5 pad
+    np.testing.assert_allclose(_litert(data, x), _torch(model, x, torch.float64),
+                               atol=TOL, rtol=0)
+
+
+def test_tflite_export_uses_builtin_ops_and_carries_metadata(real_models):
+    tflite = pytest.importorskip("tflite")
+    from mobilevec.engines.litert_engine import read_tflite_metadata
+    from mobilevec.export import tflite_bytes
+
+    data = tflite_bytes(real_models[V3], source=V3_TFLITE)
+    graph = tflite.Model.GetRootAsModel(data, 0)
+    codes = {graph.OperatorCodes(i).BuiltinCode() for i in range(graph.OperatorCodesLength())}
+    ops = tflite.BuiltinOperator
+    assert codes == {ops.CONV_2D, ops.DEPTHWISE_CONV_2D, ops.HARD_SWISH, ops.MEAN, ops.MUL,
+                     ops.ADD, ops.RESHAPE, ops.PADV2}
+    sub = graph.Subgraphs(0)
+    pads = [i for i in range(sub.OperatorsLength())
+            if graph.OperatorCodes(sub.Operators(i).OpcodeIndex()).BuiltinCode() == ops.PADV2]
+    assert pads == [0]  # only the first conv's 0.5 pad
+    assert list(sub.Tensors(sub.Inputs(0)).ShapeSignatureAsNumpy()) == [-1, 224, 224, 3]
+    meta = read_tflite_metadata(data)
+    assert meta["model"] == V3 and meta["layout"] == "NHWC"
+    assert meta["source_sha256"] == hashlib.sha256(V3_TFLITE.read_bytes()).hexdigest()
+
+
+def test_litert_engine_refuses_the_official_tflite_as_its_own(tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    from mobilevec.engines import load_engine
+
+    with pytest.raises(ValueError, match="not a mobilevec export"):
+        load_engine(require(V3_TFLITE))
+    garbage = tmp_path / "garbage.tflite"
+    garbage.write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match="not a mobilevec export"):
+        load_engine(garbage)
+
+
 # --- int8 ----------------------------------------------------------------------------
 def test_int8_export_stays_close_and_skips_broken_calibration_images(real_models, data_dir,
                                                                      tmp_path):
@@ -313,6 +372,23 @@ def test_cli_export_writes_a_model_that_the_engines_run(tmp_path, capsys):
     from mobilevec.engines import load_engine
 
     assert load_engine(out).config.name == V3
+
+
+def test_cli_export_tflite_runs_on_litert(tmp_path, capsys, data_dir):
+    pytest.importorskip("ai_edge_litert")
+    pytest.importorskip("tflite")
+    out = tmp_path / "v2.tflite"
+    rc = main(["export", "--model", V2, "--weights", str(require(V2_NPY)), "--format",
+               "tflite", "-o", str(out)])
+    assert rc == 0 and "NHWC" in capsys.readouterr().out
+    from mobilevec.engines import load_engine
+
+    engine = load_engine(out, threads=2)
+    assert engine.backend == "litert" and engine.num_features == 1280
+    capsys.readouterr()
+    assert main(["export", "--model", V2, "--format", "tflite", "--int8", "--calibrate",
+                 str(data_dir / "flowers5"), "-o", str(out)]) == 1
+    assert "not tflite" in capsys.readouterr().err
 
 
 def test_cli_export_int8_needs_a_calibration_folder(tmp_path, capsys):

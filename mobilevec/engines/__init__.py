@@ -10,7 +10,7 @@ backend        runs                                         needs
 torch-fused    folded network, eager PyTorch, channels-last (always there)
 onnxruntime    mobilevec's ONNX graph, ONNX Runtime CPU EP  ``mobilevec[onnx]``
 openvino       the same graph converted to OpenVINO         ``mobilevec[openvino]``
-litert         not available yet: mobilevec writes no .tflite of its own
+litert         mobilevec's own float32 .tflite, LiteRT+XNNPACK ``mobilevec[litert]``
 ============== ============================================ ==========================
 
 ``backend="auto"`` takes the first installed backend of :data:`AUTO_ORDER`, a static order
@@ -29,14 +29,15 @@ __all__ = ["AUTO_ORDER", "BACKENDS", "EXTRAS", "Engine", "MissingBackendError",
 
 BACKENDS = ("torch-fused", "onnxruntime", "openvino", "litert")
 # Fastest first, fp32 batch 32 on the 2-core x86 benchmark machine (docs/benchmarks.md).
-AUTO_ORDER = ("openvino", "onnxruntime", "torch-fused")
-_MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "litert": "ai_edge_litert"}
+AUTO_ORDER = ("openvino", "onnxruntime", "litert", "torch-fused")
+_MODULES = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "onnx"),
+            "litert": ("ai_edge_litert", "tflite")}
 
 
 def available_backends() -> list[str]:
-    """Backends whose runtime is importable (``litert`` only once it can be exported to)."""
-    return ["torch-fused"] + [b for b in ("onnxruntime", "openvino")
-                              if importlib.util.find_spec(_MODULES[b]) is not None]
+    """Backends whose runtime (and exporter) is importable."""
+    return ["torch-fused"] + [b for b, modules in _MODULES.items()
+                              if all(importlib.util.find_spec(m) for m in modules)]
 
 
 def _resolve(backend: str) -> str:
@@ -63,20 +64,26 @@ def create_engine(name: str, weights=None, backend: str = "auto", *,
     from ..export import fuse
 
     backend = _resolve(backend)
-    if backend == "litert":
-        raise NotImplementedError(
-            "backend 'litert' needs a .tflite written by mobilevec from its own weights, "
-            "which mobilevec cannot write yet; use 'onnxruntime' or 'openvino'")
     model = create(name, weights, trainable=False, ema=ema)
+    source = weights if isinstance(weights, str | Path) else None
+    if backend == "litert":
+        from ..export import tflite_bytes
+        from .litert_engine import LiteRtEngine, _interpreter_class
+
+        _interpreter_class()  # a missing runtime is reported before any work
+        return LiteRtEngine(tflite_bytes(model, image_size=image_size, source=source),
+                            threads=threads, **options)
     net = fuse(model, image_size)
     if backend == "torch-fused":
         from .torch_engine import TorchFusedEngine
 
         return TorchFusedEngine(net, threads=threads, **options)
+    try:
+        from ..export.onnx_graph import to_onnx
+    except ImportError:
+        raise MissingBackendError(backend, "onnx") from None
     from ..export.metadata import build_metadata
-    from ..export.onnx_graph import to_onnx
 
-    source = weights if isinstance(weights, str | Path) else None
     proto = to_onnx(net, metadata=build_metadata(net.model, net.num_features, net.image_size,
                                                  source=source))
     if backend == "onnxruntime":
@@ -91,12 +98,18 @@ def create_engine(name: str, weights=None, backend: str = "auto", *,
 
 def load_engine(path: str | Path, backend: str | None = None, *, threads: int | None = None,
                 **options) -> Engine:
-    """An engine running an exported file: ``.onnx`` (onnxruntime, or openvino when asked)
-    or ``.xml`` (openvino). The model and input size come from the file's metadata."""
+    """An engine running an exported file: ``.onnx`` (onnxruntime, or openvino when asked),
+    ``.xml`` (openvino) or ``.tflite`` (litert). The model and input size come from the
+    file's metadata."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such exported model")
-    backend = backend or ("openvino" if path.suffix == ".xml" else "onnxruntime")
+    backend = backend or {".xml": "openvino", ".tflite": "litert"}.get(path.suffix,
+                                                                        "onnxruntime")
+    if backend == "litert":
+        from .litert_engine import LiteRtEngine
+
+        return LiteRtEngine(path, threads=threads, **options)
     if backend == "onnxruntime":
         from .onnxruntime_engine import OnnxRuntimeEngine
 

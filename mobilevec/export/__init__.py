@@ -1,15 +1,16 @@
-"""Export a mobilevec model for fast inference: ONNX (fp32 or int8 QDQ) and OpenVINO IR.
+"""Export a mobilevec model for fast inference: ONNX (fp32 or int8 QDQ), OpenVINO IR, TFLite.
 
 >>> from mobilevec.export import export
 >>> export(model, "v3.onnx", source=weights_path)                     # fp32 ONNX
 >>> export(model, "v3.xml", format="openvino")                         # + v3.bin
+>>> export(model, "v3.tflite", format="tflite")                        # float32, NHWC
 >>> export(model, "v3_int8.onnx", calibration=calibration_paths("photos/"))
 
 Both formats carry the metadata block of :mod:`mobilevec.export.metadata` (model id, input
 contract, source sha256) and compute the module's ``(N, D)`` vectors from float32 NCHW
-(or NHWC with ``nhwc=True``) input in [0, 1] at a fixed image size and any batch size.
-ONNX Runtime, OpenVINO and ``onnx`` itself are optional: pip extras ``onnx`` and
-``openvino``.
+(or NHWC with ``nhwc=True``; TFLite is always NHWC) input in [0, 1] at a fixed image size
+and any batch size. ONNX Runtime, OpenVINO, ``onnx`` and the ``tflite`` flatbuffer package
+are optional: pip extras ``onnx``, ``openvino`` and ``litert``.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from .quantize import calibration_paths
 
 log = logging.getLogger(__name__)
 
-Format = Literal["onnx", "openvino"]
+Format = Literal["onnx", "openvino", "tflite"]
 __all__ = ["FusedNet", "calibration_paths", "export", "fuse", "onnx_model", "openvino_model",
-           "source_sha256"]
+           "source_sha256", "tflite_bytes"]
 
 
 def _require_onnx():
@@ -80,6 +81,20 @@ def openvino_model(proto):
     return model
 
 
+def tflite_bytes(model, *, image_size: int | tuple[int, int] | None = None,
+                 source: str | Path | None = None) -> bytes:
+    """The float32 NHWC ``.tflite`` of ``model`` (see :mod:`.tflite_writer`)."""
+    try:
+        from .tflite_writer import to_tflite
+    except ImportError:
+        from ..engines.base import MissingBackendError
+
+        raise MissingBackendError("litert", "tflite") from None
+    net = fuse(model, image_size)
+    return to_tflite(net, build_metadata(net.model, net.num_features, net.image_size,
+                                         nhwc=True, source=source))
+
+
 def export(model, path: str | Path, format: Format = "onnx", *, nhwc: bool = False,
            image_size: int | tuple[int, int] | None = None, source: str | Path | None = None,
            calibration: Sequence[str | Path] | None = None,
@@ -87,13 +102,20 @@ def export(model, path: str | Path, format: Format = "onnx", *, nhwc: bool = Fal
     """Write ``model`` to ``path`` as ``format``; returns the files written.
 
     ``onnx``: one ``.onnx`` file (opset 17). ``openvino``: ``path`` with suffix ``.xml``
-    and its ``.bin`` (fp32 weights, not compressed to fp16). See :func:`onnx_model` for
-    the other arguments.
+    and its ``.bin`` (fp32 weights, not compressed to fp16). ``tflite``: one float32
+    ``.tflite`` (NHWC; no int8). See :func:`onnx_model` for the other arguments.
     """
+    path = Path(path)
+    if format == "tflite":
+        if calibration is not None:
+            raise ValueError("int8 export is available for onnx and openvino, not tflite")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(tflite_bytes(model, image_size=image_size, source=source))
+        log.info("exported %s to %s", model.config.name, path)
+        return [path]
     onnx = _require_onnx()
     proto = onnx_model(model, nhwc=nhwc, image_size=image_size, source=source,
                        calibration=calibration, skipped=skipped)
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if format == "onnx":
         onnx.save(proto, str(path))
@@ -105,6 +127,6 @@ def export(model, path: str | Path, format: Format = "onnx", *, nhwc: bool = Fal
         _ov().save_model(openvino_model(proto), str(xml), compress_to_fp16=False)
         written = [xml, xml.with_suffix(".bin")]
     else:
-        raise ValueError(f"unknown export format {format!r}; use 'onnx' or 'openvino'")
+        raise ValueError(f"unknown export format {format!r}; use onnx, openvino or tflite")
     log.info("exported %s to %s", model.config.name, ", ".join(map(str, written)))
     return written
