@@ -5,8 +5,9 @@ time are its own, and thread settings do not leak) with every runtime limited to
 machine's physical cores:
 
 - mobilevec: ``torch`` (the trainable module, channels-last, inference mode: the plain
-  eager baseline), ``torch-fused``, ``onnxruntime`` and ``openvino`` fp32 (and OpenVINO bf16),
-  int8 (QDQ, calibrated on 300 photos) on onnxruntime and openvino;
+  eager baseline), ``torch-fused``, ``onnxruntime``, ``openvino`` and ``litert`` (its own
+  ``.tflite``) fp32, OpenVINO bf16, int8 (QDQ, calibrated on 300 photos) on onnxruntime
+  and openvino;
 - peers: a standard PyTorch MobileNet (torchvision's layout, ``plain_mobilenets.py``) in
   eager channels-last; ONNX Runtime and OpenVINO with default settings on a plain
   ``torch.onnx.export`` of it; Keras 3 applications on the torch backend; LiteRT/XNNPACK on
@@ -55,6 +56,7 @@ CASES = [
     ("mv-torch-fused", "mobilevec torch-fused (folded, channels-last)", "mobilevec", "fp32"),
     ("mv-ort", "mobilevec onnxruntime", "mobilevec", "fp32"),
     ("mv-ov", "mobilevec openvino", "mobilevec", "fp32"),
+    ("mv-litert", "mobilevec litert (own .tflite, XNNPACK)", "mobilevec", "fp32"),
     ("mv-ov-bf16", "mobilevec openvino precision=bf16", "mobilevec", "bf16"),
     ("mv-ort-int8", "mobilevec onnxruntime int8", "mobilevec", "int8"),
     ("mv-ov-int8", "mobilevec openvino int8", "mobilevec", "int8"),
@@ -103,7 +105,7 @@ def _build(case: str, model_name: str, files: dict[str, str], threads: int):
         return run
     if case.startswith("mv-"):
         backend = {"mv-torch-fused": "torch-fused", "mv-ort": "onnxruntime",
-                   "mv-ov": "openvino", "mv-ov-bf16": "openvino"}.get(case)
+                   "mv-ov": "openvino", "mv-ov-bf16": "openvino", "mv-litert": "litert"}.get(case)
         if case.endswith("int8"):
             from mobilevec.engines import load_engine
 
