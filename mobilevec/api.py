@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import WeightsError
 from .formats.detect import Weights, read_weights
@@ -12,12 +13,15 @@ from .model import MobileNet
 from .names import load_tf_variables, logits_classes, to_tf_variables
 from .registry import get_config
 
+if TYPE_CHECKING:
+    from .engines import Engine
+
 log = logging.getLogger(__name__)
 
 
 def create(name: str, weights: str | Path | Weights | None = None, *, trainable: bool = True,
            batch_norm_momentum: float | None = None, ema: bool = True, backend: str = "torch",
-           **engine_options) -> MobileNet:
+           **engine_options) -> MobileNet | Engine:
     """Build model ``name`` (see :func:`list_models`) in eval mode.
 
     ``weights``: any supported artifact, file or directory, recognised by content (TF
