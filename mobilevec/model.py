@@ -30,6 +30,10 @@ class MobileNet(nn.Module):
 
     ``trainable=False`` mirrors ``hub.KerasLayer(trainable=False)``: parameters are frozen
     and BatchNorm stays in inference mode even under ``model.train()``.
+
+    ``output`` is "features" (the feature-vector modules) or "logits" (the classification
+    modules: ``forward`` then returns :meth:`logits`); :meth:`features` always gives the
+    feature vector.
     """
 
     def __init__(self, config: ModelConfig, num_classes: int | None = None,
@@ -44,10 +48,17 @@ class MobileNet(nn.Module):
         if num_classes:
             self.set_num_classes(num_classes, background_class)
         self._trainable = True
+        self.output = "features"
         self.set_batch_norm_momentum(config.batch_norm_momentum)
 
     # --- the hub contract -------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.output == "logits":
+            return self.logits(x)
+        return self.features(x)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``(N, num_features)`` feature vector of float32 NCHW RGB in [0, 1]."""
         x = x * 2.0 - 1.0  # hub modules take [0, 1]; TF-Slim nets see [-1, 1]
         for layer in self.layers.values():
             x = layer(x)
@@ -67,7 +78,7 @@ class MobileNet(nn.Module):
         if self.classifier is None:
             raise RuntimeError(f"{self.config.name} has no classifier: its weights carry no "
                                "Logits/Conv2d_1c_1x1 layer")
-        return self.classifier(self(x))
+        return self.classifier(self.features(x))
 
     def set_num_classes(self, num_classes: int, background_class: bool = False) -> None:
         """Attach a fresh ``Logits/Conv2d_1c_1x1`` head (dropout is not part of inference)."""
