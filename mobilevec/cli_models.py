@@ -52,3 +52,13 @@ def model_from_args(args: argparse.Namespace, *, trainable: bool = False,
 
     return create(args.model, weights=args.weights, trainable=trainable,
                   batch_norm_momentum=batch_norm_momentum)
+
+
+def weights_source(args: argparse.Namespace) -> str | None:
+    """The artifact file or folder behind ``args`` (the cached original for a handle), or
+    None for random weights: what outputs record as the source of their vectors."""
+    if getattr(args, "handle", None):
+        from .hub import resolve
+
+        return str(resolve(args.handle).path)
+    return args.weights

@@ -17,14 +17,6 @@ _SHOWN_ERRORS = 20
 
 
 # --- shared helpers ----------------------------------------------------------------------
-def _add_model_options(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--model", required=required,
-                   help="model name, see `mobilevec list`"
-                        + ("" if required else " (default: the one the vectors were made with)"))
-    p.add_argument("--weights", help="weights FILE or DIR, any supported format"
-                   + ("" if required else " (default: the file the vectors were made with)"))
-
-
 def _add_decode_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="decode processes (default: one per core; 0 decodes inline)")
@@ -69,7 +61,7 @@ def _expand(args: argparse.Namespace):
 
 # --- embed -------------------------------------------------------------------------------
 def cmd_embed(args: argparse.Namespace) -> int:
-    from .api import create
+    from .cli_models import model_from_args, weights_source
     from .embed import Preprocessing, model_fingerprint
     from .images import MAX_PIXELS
     from .pipeline import run_embed, store_meta
@@ -79,17 +71,18 @@ def cmd_embed(args: argparse.Namespace) -> int:
         print("error: no input images (give files, folders, globs or @list.txt)",
               file=sys.stderr)
         return EXIT_ERROR
-    model = create(args.model, weights=args.weights, trainable=False)
+    model = model_from_args(args)
     fingerprint = model_fingerprint(model)  # of the weights as loaded, before any move
     model.to(args.device)
-    if args.weights is None:
+    weights = weights_source(args)
+    if weights is None:
         print("warning: no --weights: random initialisation (vectors mean nothing, and a "
               "re-run cannot resume them)", file=sys.stderr)
     size = args.size or model.config.image_size
     prep = Preprocessing(size=(size, size), crop=args.crop, draft=not args.exact_decode,
                          max_pixels=args.max_pixels or MAX_PIXELS)
     meta = store_meta(model, prep, normalize=args.normalize, half=args.half,
-                      weights=args.weights, fingerprint=fingerprint)
+                      weights=weights, source=args.handle, fingerprint=fingerprint)
     bar, update = _bar(len(sources.paths), "embed", args.quiet)
     try:
         summary = run_embed(model, sources.paths, args.output, prep=prep, meta=meta,
@@ -112,20 +105,26 @@ def _model_for(vectors: str, meta: dict, args: argparse.Namespace):
     """The model the vectors were made with; a clear error when the one asked for differs."""
     from .api import create
     from .embed import model_fingerprint
+    from .hub import load
     from .vectorstore import StoreError
 
     name = args.model or meta["model"]
     if name != meta["model"]:
         raise StoreError(f"{vectors} holds {meta['model']} vectors; --model {name} cannot "
                          "embed queries comparable with them")
+    handle = args.handle or (None if args.weights else meta.get("source"))
     weights = args.weights or meta.get("weights")
-    if weights is None:
+    if handle:
+        model = load(handle, model=name)
+        weights = handle
+    elif weights is None:
         raise StoreError(f"{vectors} was made with random weights; its queries cannot be "
                          "embedded again")
-    if not Path(weights).exists():
+    elif not Path(weights).exists():
         raise StoreError(f"{vectors} was made with weights {weights}, which no longer exist; "
                          "pass --weights FILE|DIR")
-    model = create(name, weights=weights, trainable=False)
+    else:
+        model = create(name, weights=weights, trainable=False)
     if model_fingerprint(model) != meta["fingerprint"]:
         raise StoreError(f"{weights} gives a different model than the one {vectors} was made "
                          f"with ({meta.get('weights')}, sha256 {meta.get('weights_sha256')}); "
@@ -198,6 +197,8 @@ def _write_csv(path: str, header, rows) -> None:
 # --- registration ------------------------------------------------------------------------
 def add_commands(subparsers) -> None:
     """Register ``embed``, ``search`` and ``dedup`` on the ``mobilevec`` parser."""
+    from .cli_models import add_model_options
+
     p = subparsers.add_parser(
         "embed", help="embed image files into a resumable vector table",
         description="Embed images (files, folders, globs, @list.txt) into vectors. Re-running "
@@ -211,7 +212,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("-o", "--output", required=True,
                    help="vectors.parquet (a folder of Parquet parts) or vectors.npy "
                         "(+ vectors.index.csv)")
-    _add_model_options(p, required=True)
+    add_model_options(p, required=True)
     p.add_argument("--size", type=int, help="input size (default: the model's, e.g. 224)")
     p.add_argument("--crop", choices=("none", "center"), default="none",
                    help="none: squash to the input size (TF Hub's usual feed); center: "
@@ -237,7 +238,7 @@ def add_commands(subparsers) -> None:
                    help="read query paths from FILE, one per line")
     p.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
     p.add_argument("--csv", help="also write query,rank,cosine,path to this CSV file")
-    _add_model_options(p, required=False)
+    add_model_options(p, required=False)
     _add_decode_options(p)
     p.set_defaults(func=cmd_search)
 

@@ -17,7 +17,7 @@ _SHOWN_ERRORS = 10
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .api import create
+    from .cli_models import model_from_args, weights_source
     from .engines import MissingBackendError
     from .export import calibration_paths, export
 
@@ -37,11 +37,11 @@ def cmd_export(args: argparse.Namespace) -> int:
             return EXIT_ERROR
         print(f"calibrating int8 on {len(calibration)} images from {args.calibrate}",
               file=sys.stderr)
-    model = create(args.model, weights=args.weights, trainable=False)
+    model = model_from_args(args)
     skipped: list[tuple[Path, str]] = []
     try:
         written = export(model, args.output, args.format, nhwc=args.nhwc,
-                         image_size=args.image_size, source=args.weights,
+                         image_size=args.image_size, source=weights_source(args),
                          calibration=calibration, skipped=skipped)
     except (MissingBackendError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -80,14 +80,14 @@ def cmd_backends(args: argparse.Namespace) -> int:
 
 
 def add_commands(subparsers) -> None:
+    from .cli_models import add_model_options
+
     p = subparsers.add_parser(
         "export", help="write a model as ONNX or OpenVINO IR for fast inference (fp32/int8)",
         description="Export the folded network (BatchNorm and input scaling folded, static "
                     "TF 'SAME' pads, dynamic batch) with a metadata block (model, input "
                     "contract, sha256 of the weights).")
-    p.add_argument("--model", required=True, help="model name, see `mobilevec list`")
-    p.add_argument("--weights", help="weights FILE or DIR, any supported format "
-                                     "(default: random initialisation)")
+    add_model_options(p)
     p.add_argument("--format", choices=("onnx", "openvino", "tflite"), default="onnx",
                    help="onnx: one .onnx file (opset 17); openvino: .xml + .bin; "
                         "tflite: float32 NHWC .tflite for LiteRT")
