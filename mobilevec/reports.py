@@ -127,3 +127,33 @@ def plot_curves(history: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def write_report(folder: Path, labels: np.ndarray, scores: np.ndarray,
+                 class_names: Sequence[str], history: list[dict] | None = None,
+                 title: str = "validation") -> tuple[np.ndarray, list[ClassReport]]:
+    """Write ``evaluation.json``, ``per_class.csv``, ``confusion_matrix.png`` and (with a
+    ``history``) ``curves.png`` into ``folder``; ``scores`` are ``(N, C)`` logits or
+    probabilities. Without matplotlib the figures are skipped with a warning.
+    Returns the confusion matrix and the per-class figures."""
+    import json
+    import logging
+
+    from .errors import MobilevecError
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    predicted = np.asarray(scores).argmax(1) if len(scores) else np.zeros(0, np.int64)
+    matrix = confusion_matrix(labels, predicted, len(class_names))
+    reports = per_class(matrix, class_names)
+    (folder / "evaluation.json").write_text(
+        json.dumps({"title": title, **report_dict(matrix, class_names)}, indent=2) + "\n",
+        encoding="utf-8")
+    write_per_class_csv(reports, folder / "per_class.csv")
+    try:
+        plot_confusion_matrix(matrix, class_names, folder / "confusion_matrix.png", title)
+        if history:
+            plot_curves(history, folder / "curves.png")
+    except MobilevecError as e:
+        logging.getLogger(__name__).warning("no figures: %s", e)
+    return matrix, reports

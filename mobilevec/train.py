@@ -147,6 +147,8 @@ class Classifier(nn.Module):
         super().__init__()
         if backbone.classifier is None or backbone.classifier.out_features != num_classes:
             backbone.set_num_classes(num_classes)
+        for p in backbone.classifier.parameters():  # the head trains whatever `trainable` says
+            p.requires_grad_(True)
         self.backbone = backbone
         self.dropout = nn.Dropout(dropout)
         self.normalize_features = normalize_features
@@ -553,6 +555,90 @@ def _run_spec(backbone: MobileNet, data: _Data, config: TrainConfig, size: tuple
     }
 
 
+@dataclass
+class _Fit:
+    history: list[dict]
+    best: dict  # {"epoch": 0-based, "val_loss", "since": epochs without improvement}
+    best_variables: dict[str, np.ndarray]
+    stopped_early: bool
+
+
+def _fit(classifier: Classifier, optimizer: torch.optim.Optimizer, inputs: _Inputs,
+         config: TrainConfig, *, run: RunFolder | None, history: list[dict], best: dict,
+         best_variables: dict[str, np.ndarray],
+         on_epoch: Callable[[dict], bool | None] | None = None) -> _Fit:
+    """The epochs after ``history`` up to ``config.epochs``: schedule, validation, the
+    lowest-validation-loss weights, early stopping, and (with a ``run``) a checkpoint and
+    the metrics log after every epoch. Epoch ``e`` shuffles and augments with
+    ``default_rng([seed, e])``, so a resumed run repeats what an uninterrupted one does."""
+    backbone = classifier.backbone
+    stopped_early = False
+    for epoch in range(history[-1]["epoch"] if history else 0, config.epochs):
+        t0 = time.perf_counter()
+        lr = learning_rate_at(config, epoch)
+        _set_learning_rate(optimizer, lr)
+        stats = inputs.epoch(np.random.default_rng([config.seed, epoch]))
+        val = evaluate_logits(inputs.validate(), inputs.val_labels)
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": stats.loss,
+               "train_accuracy": stats.accuracy, "val_loss": val.loss,
+               "val_accuracy": val.accuracy, "seconds": time.perf_counter() - t0}
+        history.append(row)
+        current = trained_variables(backbone, config.fine_tune)
+        if val.loss < best["val_loss"]:
+            best = {"epoch": epoch, "val_loss": val.loss, "since": 0}
+            best_variables = current
+        else:
+            best = {**best, "since": best["since"] + 1}
+        if run is not None:
+            run.write_checkpoint({**current, **_prefixed(best_variables, _BEST)}, optimizer,
+                                 {"epoch": epoch, "best": best})
+            run.write_metrics(history)
+        log.info("epoch %d/%d: %s", epoch + 1, config.epochs, row)
+        stop = bool(on_epoch and on_epoch(row))
+        if config.patience is not None and best["since"] >= config.patience:
+            stopped_early = True
+            log.info("early stop after epoch %d: no lower validation loss for %d epochs",
+                     epoch + 1, config.patience)
+            break
+        if stop:
+            break
+    return _Fit(history, best, best_variables, stopped_early)
+
+
+@dataclass
+class HeadFit:
+    """:func:`fit_head`'s result: per-epoch ``history``, the kept (1-based) ``best_epoch``
+    and the kept head's validation logits."""
+
+    history: list[dict]
+    best_epoch: int
+    val_logits: torch.Tensor
+
+
+def fit_head(classifier: Classifier, train_vectors: torch.Tensor, train_labels: torch.Tensor,
+             val_vectors: torch.Tensor, val_labels: torch.Tensor,
+             config: TrainConfig | None = None) -> HeadFit:
+    """Train ``classifier``'s head on feature vectors already computed (e.g. by
+    :func:`mobilevec.embed.embed_files` with the frozen backbone), without a run folder.
+    The head keeps the weights of the epoch with the lowest validation loss."""
+    config = config or TrainConfig()
+    config.check()
+    if config.fine_tune:
+        raise ValueError("fit_head trains the head only; fine-tuning needs images (train())")
+    optimizer = build_optimizer(classifier, config)
+
+    def epoch(rng: np.random.Generator) -> EpochStats:
+        with _one_thread():
+            return head_epoch(classifier, optimizer, train_vectors, train_labels, config, rng)
+
+    inputs = _Inputs(epoch, lambda: head_logits(classifier, val_vectors), val_labels, [], 0.0)
+    fit = _fit(classifier, optimizer, inputs, config, run=None, history=[],
+               best={"epoch": -1, "val_loss": math.inf, "since": 0},
+               best_variables=trained_variables(classifier.backbone, False))
+    _load_partial(classifier.backbone, fit.best_variables)
+    return HeadFit(fit.history, fit.best["epoch"] + 1, inputs.validate())
+
+
 def train(backbone: MobileNet | None, data_dir: str | Path, out: str | Path,
           config: TrainConfig | None = None, *, val_dir: str | Path | None = None,
           resume: bool = False, overwrite: bool = False, weights_source: str | None = None,
@@ -600,8 +686,6 @@ def train(backbone: MobileNet | None, data_dir: str | Path, out: str | Path,
     torch.manual_seed(config.seed)  # the head's initialisation
     classifier = Classifier(backbone, len(data.train.class_names), config.dropout,
                             config.normalize_features, config.flip_average)
-    for p in head_parameters(classifier):  # the head always trains, whatever `trainable` says
-        p.requires_grad_(True)
     optimizer = build_optimizer(classifier, config)
     spec = _run_spec(backbone, data, config, size, data_dir, val_dir, weights_source)
     if previous is not None:
@@ -622,41 +706,12 @@ def train(backbone: MobileNet | None, data_dir: str | Path, out: str | Path,
         spec["skipped_files"] = [[str(p), why] for p, why in inputs.skipped]
         run.write_spec(spec)
     skipped = [(p, why) for p, why in spec["skipped_files"]]
-    run_epoch, validate, val_y = inputs.epoch, inputs.validate, inputs.val_labels
 
-    # --- epochs ------------------------------------------------------------------------------
     train_start = time.perf_counter()
-    stopped_early = False
-    first = history[-1]["epoch"] if history else 0
-    for epoch in range(first, config.epochs):
-        t0 = time.perf_counter()
-        lr = learning_rate_at(config, epoch)
-        _set_learning_rate(optimizer, lr)
-        rng = np.random.default_rng([config.seed, epoch])
-        stats = run_epoch(rng)
-        val = evaluate_logits(validate(), val_y)
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": stats.loss,
-               "train_accuracy": stats.accuracy, "val_loss": val.loss,
-               "val_accuracy": val.accuracy, "seconds": time.perf_counter() - t0}
-        history.append(row)
-        current = trained_variables(backbone, config.fine_tune)
-        if val.loss < best["val_loss"]:
-            best = {"epoch": epoch, "val_loss": val.loss, "since": 0}
-            best_variables = current
-        else:
-            best["since"] += 1
-        run.write_checkpoint({**current, **_prefixed(best_variables, _BEST)}, optimizer,
-                             {"epoch": epoch, "best": best})
-        run.write_metrics(history)
-        log.info("epoch %d/%d: %s", epoch + 1, config.epochs, row)
-        stop = bool(progress.epoch and progress.epoch(row))
-        if config.patience is not None and best["since"] >= config.patience:
-            stopped_early = True
-            log.info("early stop after epoch %d: no lower validation loss for %d epochs",
-                     epoch + 1, config.patience)
-            break
-        if stop:
-            break
+    fit = _fit(classifier, optimizer, inputs, config, run=run, history=history, best=best,
+               best_variables=best_variables, on_epoch=progress.epoch)
+    history, best, best_variables, stopped_early = (fit.history, fit.best, fit.best_variables,
+                                                    fit.stopped_early)
     finished = stopped_early or len(history) >= config.epochs
     training_seconds = time.perf_counter() - train_start
 
@@ -664,7 +719,8 @@ def train(backbone: MobileNet | None, data_dir: str | Path, out: str | Path,
     _load_partial(backbone, best_variables)
     run.write_model(to_tf_variables(backbone), backbone.config.name,
                     len(data.train.class_names))
-    val_logits = validate()
+    val_y = inputs.val_labels
+    val_logits = inputs.validate()
     spec.update(status="finished" if finished else "interrupted",
                 best_epoch=best["epoch"] + 1, epochs_done=len(history),
                 stopped_early=stopped_early,
@@ -676,17 +732,3 @@ def train(backbone: MobileNet | None, data_dir: str | Path, out: str | Path,
                        val_logits.numpy(), data.train.class_names,
                        [(str(p), why) for p, why in skipped], stopped_early,
                        inputs.seconds, training_seconds)
-
-
-def load_classifier(run_dir: str | Path) -> tuple[Classifier, dict]:
-    """The trained classifier of a run folder (eval mode) and its ``run.json`` spec."""
-    from .api import create
-
-    run = RunFolder(Path(run_dir))
-    spec = run.spec()
-    backbone = create(spec["model"], weights=run.model_path(), trainable=False)
-    head = spec.get("head", {})
-    classifier = Classifier(backbone, len(spec["class_names"]), head.get("dropout", 0.0),
-                            head.get("normalize_features", False),
-                            head.get("flip_average", False))
-    return classifier.eval(), spec
