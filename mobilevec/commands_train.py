@@ -36,7 +36,9 @@ def _config_from_args(args: argparse.Namespace):
         label_smoothing=args.label_smoothing, schedule=args.schedule,
         step_epochs=args.step_epochs, step_gamma=args.step_gamma, dropout=args.dropout,
         augment=args.augment, crop_scale=(args.crop_scale_min, 1.0),
-        bn_momentum=args.bn_momentum, backbone_lr_scale=args.backbone_lr_scale,
+        bn_momentum=args.bn_momentum, freeze_batch_norm=args.freeze_batch_norm,
+        backbone_lr_scale=args.backbone_lr_scale, head_warmup_epochs=args.head_warmup_epochs,
+        clip_grad_norm=args.clip_grad_norm,
         patience=args.patience, normalize_features=args.normalize_features,
         flip_average=args.flip_average, seed=args.seed, val_fraction=args.val_fraction,
         image_size=args.size)
@@ -202,6 +204,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bn-momentum", type=float, default=None,
                    help="BatchNorm moving-average decay in TF's convention (0.997 = torch "
                         "momentum 0.003; default: the model's, V2 0.997, V3 0.99)")
+    g.add_argument("--freeze-batch-norm", action=argparse.BooleanOptionalAction, default=None,
+                   help="fine-tune with BatchNorm in inference mode (default: only for weights "
+                        "with BatchNorm folded into the convolutions, e.g. TFLite files)")
     g.add_argument("--epochs", type=int, default=10, action=_EpochsAction,
                    help="epochs (default 10; with --resume: extend the run to this many)")
     g.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
@@ -227,6 +232,11 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
                    help="smallest area fraction of the random resized crop (default 0.5)")
     g.add_argument("--backbone-lr-scale", type=float, default=1.0,
                    help="fine-tune: the backbone's learning rate relative to the head's")
+    g.add_argument("--head-warmup-epochs", type=int, default=0,
+                   help="fine-tune: first train the head alone this many epochs on cached "
+                        "features (default 0)")
+    g.add_argument("--clip-grad-norm", type=float, default=None,
+                   help="rescale each step's gradients to at most this L2 norm")
     g.add_argument("--patience", type=int, default=None,
                    help="early stopping: stop after this many epochs without a lower "
                         "validation loss (default: never)")

@@ -33,7 +33,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
 
@@ -69,6 +69,13 @@ class TrainConfig:
     never). ``normalize_features`` L2-normalises the vector before the head;
     ``flip_average`` averages the features of the image and its mirror image at inference
     (and in the frozen feature cache). ``bn_momentum`` is TF's decay (None: the model's).
+    ``freeze_batch_norm`` (fine-tune): keep BatchNorm in inference mode (moving statistics
+    fixed, gamma/beta still trained); None means: only when the weights carry BatchNorm
+    folded into the convolutions (TFLite files), whose identity statistics batch
+    normalisation would destroy. ``head_warmup_epochs`` (fine-tune): first train the head
+    alone that many epochs on cached features (SGD at the default learning rate), so that
+    fine-tuning starts from a trained head instead of a random one. ``clip_grad_norm``
+    rescales each step's gradients to at most that global L2 norm.
     """
 
     epochs: int = 10
@@ -86,7 +93,10 @@ class TrainConfig:
     augment: bool | None = None
     crop_scale: tuple[float, float] = (0.5, 1.0)
     bn_momentum: float | None = None
+    freeze_batch_norm: bool | None = None
     backbone_lr_scale: float = 1.0
+    head_warmup_epochs: int = 0
+    clip_grad_norm: float | None = None
     patience: int | None = None
     normalize_features: bool = False
     flip_average: bool = False
@@ -135,6 +145,15 @@ def learning_rate_at(config: TrainConfig, epoch: int) -> float:
 
 
 # --- the model ---------------------------------------------------------------------------
+def batch_norm_is_folded(model: nn.Module) -> bool:
+    """Whether every BatchNorm is the exact identity a folded (TFLite) artifact loads as:
+    gamma 1, moving mean 0, moving variance + eps = 1 (the bias lives in beta)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    return bool(norms) and all(
+        torch.all(m.weight == 1) and torch.all(m.running_mean == 0)
+        and torch.all(m.running_var + m.eps == 1) for m in norms)
+
+
 class Classifier(nn.Module):
     """``backbone`` feature vector → (L2 normalise) → dropout → ``backbone.classifier``.
 
@@ -155,6 +174,16 @@ class Classifier(nn.Module):
         self.flip_average = flip_average
         self.config = backbone.config
         self.num_features = num_classes  # what embed_batches sizes its outputs by
+
+    batch_norm_frozen = False  # fine-tune with BatchNorm in inference mode (see TrainConfig)
+
+    def train(self, mode: bool = True) -> Classifier:
+        super().train(mode)
+        if self.batch_norm_frozen:
+            for m in self.backbone.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+        return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         vectors = self.backbone.features(x)
@@ -279,10 +308,13 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarr
 
 
 def _step(classifier: Classifier, optimizer: torch.optim.Optimizer, logits: torch.Tensor,
-          labels: torch.Tensor, smoothing: float) -> tuple[float, int]:
-    loss = F.cross_entropy(logits, labels, label_smoothing=smoothing)
+          labels: torch.Tensor, config: TrainConfig) -> tuple[float, int]:
+    loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if config.clip_grad_norm is not None:
+        nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                 config.clip_grad_norm)
     optimizer.step()
     return float(loss.detach()) * len(labels), int((logits.argmax(1) == labels).sum())
 
@@ -296,7 +328,7 @@ def head_epoch(classifier: Classifier, optimizer: torch.optim.Optimizer,
     for index in _batches(len(labels), config.batch_size, rng):
         index = torch.from_numpy(index)
         logits = classifier.head(vectors[index])
-        loss, hits = _step(classifier, optimizer, logits, labels[index], config.label_smoothing)
+        loss, hits = _step(classifier, optimizer, logits, labels[index], config)
         total, correct = total + loss, correct + hits
     return EpochStats(total / len(labels), correct / len(labels))
 
@@ -323,7 +355,7 @@ def image_epoch(classifier: Classifier, optimizer: torch.optim.Optimizer,
                 vectors = classifier.backbone.features(x)
             logits = classifier.head(vectors)
         loss, hits = _step(classifier, optimizer, logits, labels[torch.from_numpy(index)],
-                           config.label_smoothing)
+                           config)
         total, correct = total + loss, correct + hits
     return EpochStats(total / len(labels), correct / len(labels))
 
@@ -459,6 +491,10 @@ def _prepare_inputs(classifier: Classifier, optimizer: torch.optim.Optimizer, da
         skipped = train_images.errors + val_images.errors
         val_inputs = _exact_inputs(val_images.images, size)
         _require_images(len(train_images.labels), len(val_images.labels), data)
+        if config.fine_tune and config.head_warmup_epochs and not resume:
+            _warm_up_head(classifier, config, _exact_inputs(train_images.images, size),
+                          torch.from_numpy(train_images.labels), val_inputs,
+                          torch.from_numpy(val_images.labels))
         return _Inputs(
             lambda rng: image_epoch(classifier, optimizer, train_images, config, size, rng),
             lambda: predict_logits(classifier, val_inputs),
@@ -486,6 +522,29 @@ def _prepare_inputs(classifier: Classifier, optimizer: torch.optim.Optimizer, da
     return _Inputs(
         epoch, lambda: head_logits(classifier, arrays["val/vectors"]),
         arrays["val/labels"], skipped, time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def _backbone_vectors(classifier: Classifier, inputs: torch.Tensor, batch_size: int = 64
+                      ) -> torch.Tensor:
+    classifier.eval()
+    parts = [classifier.features(inputs[i:i + batch_size])
+             for i in range(0, len(inputs), batch_size)]
+    return torch.cat(parts)
+
+
+def _warm_up_head(classifier: Classifier, config: TrainConfig, train_inputs: torch.Tensor,
+                  train_labels: torch.Tensor, val_inputs: torch.Tensor,
+                  val_labels: torch.Tensor) -> None:
+    """Train the head alone on the (inference) features of the un-augmented images."""
+    defaults = TrainConfig()
+    warm = replace(config, epochs=config.head_warmup_epochs, fine_tune=False, augment=False,
+                   optimizer=defaults.optimizer, learning_rate=defaults.learning_rate,
+                   schedule="cosine", patience=None)
+    fit = fit_head(classifier, _backbone_vectors(classifier, train_inputs), train_labels,
+                   _backbone_vectors(classifier, val_inputs), val_labels, warm)
+    log.info("head warm-up: %d epochs, kept epoch %d, validation accuracy %.3f",
+             warm.epochs, fit.best_epoch, evaluate_logits(fit.val_logits, val_labels).accuracy)
 
 
 def _require_images(train: int, val: int, data: _Data) -> None:
@@ -533,10 +592,19 @@ def _resume_point(run: RunFolder, backbone: MobileNet, optimizer: torch.optim.Op
     return run.metrics()[:meta["epoch"] + 1], meta["best"], best_variables
 
 
-def _run_spec(backbone: MobileNet, data: _Data, config: TrainConfig, size: tuple[int, int],
+def _batch_norm_mode(classifier: Classifier, config: TrainConfig) -> str:
+    if not config.fine_tune or classifier.batch_norm_frozen:
+        return "inference mode (moving statistics fixed)"
+    momentum = (config.bn_momentum if config.bn_momentum is not None
+                else classifier.config.batch_norm_momentum)
+    return f"batch statistics; moving averages with TF momentum {momentum}"
+
+
+def _run_spec(classifier: Classifier, data: _Data, config: TrainConfig, size: tuple[int, int],
               data_dir: str | Path, val_dir: str | Path | None,
               weights_source: str | None) -> dict:
     """What ``run.json`` records (before the results)."""
+    backbone = classifier.backbone
     return {
         "model": backbone.config.name, "num_features": backbone.num_features,
         "class_names": data.train.class_names,
@@ -545,6 +613,7 @@ def _run_spec(backbone: MobileNet, data: _Data, config: TrainConfig, size: tuple
         "head": {"dropout": config.dropout, "normalize_features": config.normalize_features,
                  "flip_average": config.flip_average},
         "mode": "fine-tune" if config.fine_tune else "frozen",
+        "batch_norm": _batch_norm_mode(classifier, config),
         "config": config.to_dict(), "weights_source": weights_source,
         "data": {"train_dir": str(data_dir), "val_dir": None if val_dir is None else str(val_dir),
                  "validation": data.val_source, "train_counts": data.train.counts(),
@@ -686,8 +755,17 @@ def train(backbone: MobileNet | None, data_dir: str | Path, out: str | Path,
     torch.manual_seed(config.seed)  # the head's initialisation
     classifier = Classifier(backbone, len(data.train.class_names), config.dropout,
                             config.normalize_features, config.flip_average)
+    if config.fine_tune:
+        folded = batch_norm_is_folded(backbone)
+        if config.freeze_batch_norm is None:  # decided once, recorded for --resume
+            config.freeze_batch_norm = folded
+        classifier.batch_norm_frozen = config.freeze_batch_norm
+        if folded and classifier.batch_norm_frozen:
+            log.warning("%s: the weights carry BatchNorm folded into the convolutions (e.g. "
+                        "a TFLite file); fine-tuning keeps BatchNorm in inference mode",
+                        backbone.config.name)
     optimizer = build_optimizer(classifier, config)
-    spec = _run_spec(backbone, data, config, size, data_dir, val_dir, weights_source)
+    spec = _run_spec(classifier, data, config, size, data_dir, val_dir, weights_source)
     if previous is not None:
         history, best, best_variables = _resume_point(run, backbone, optimizer)
         spec["skipped_files"] = previous.get("skipped_files", [])
