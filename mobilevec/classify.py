@@ -25,7 +25,7 @@ def load_classifier(run_dir: str | Path) -> tuple[Classifier, dict]:
     head = spec.get("head", {})
     classifier = Classifier(backbone, len(spec["class_names"]), head.get("dropout", 0.0),
                             head.get("normalize_features", False),
-                            head.get("flip_average", False))
+                            head.get("flip_average", False), new_head=False)
     return classifier.eval(), spec
 
 

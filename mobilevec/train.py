@@ -159,12 +159,16 @@ class Classifier(nn.Module):
 
     ``forward``: float32 NCHW RGB in [0, 1] → ``(N, num_classes)`` logits. In eval mode
     with ``flip_average`` the features are the mean of those of the image and its mirror.
+    ``new_head``: attach a freshly initialised head (default); False keeps the backbone's
+    own ``num_classes``-way classifier (a trained run's).
     """
 
     def __init__(self, backbone: MobileNet, num_classes: int, dropout: float = 0.0,
-                 normalize_features: bool = False, flip_average: bool = False):
+                 normalize_features: bool = False, flip_average: bool = False, *,
+                 new_head: bool = True):
         super().__init__()
-        if backbone.classifier is None or backbone.classifier.out_features != num_classes:
+        if new_head or backbone.classifier is None \
+                or backbone.classifier.out_features != num_classes:
             backbone.set_num_classes(num_classes)
         for p in backbone.classifier.parameters():  # the head trains whatever `trainable` says
             p.requires_grad_(True)
