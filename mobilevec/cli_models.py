@@ -10,8 +10,10 @@ or a name alone (random weights, for tests and training from scratch).
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:

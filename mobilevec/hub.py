@@ -151,6 +151,8 @@ def find_artifact(folder: Path) -> Path:
         found.setdefault(fmt, []).append(candidate)
     for fmt in _PREFERENCE:
         paths = sorted(set(found.get(fmt, [])))
+        # A SavedModel's variables/ folder is a bundle too: keep the outermost of nested ones.
+        paths = [p for p in paths if not any(q != p and q in p.parents for q in paths)]
         if len(paths) == 1:
             return paths[0]
         if paths:
