@@ -339,3 +339,34 @@ def test_two_processes_loading_at_once_download_once(hub_mirror, cache_root, ref
         assert not isinstance(result, str), result
         np.testing.assert_allclose(np.array(result, np.float32), reference, rtol=0, atol=0)
     assert hub_mirror.count("/storage/model.tar.gz") == 1
+
+
+# --- the CLI with --handle -----------------------------------------------------------
+
+def test_embed_and_search_by_handle(hub_mirror, cache_root, tmp_path, capsys):
+    from PIL import Image
+
+    from mobilevec.images import load_image
+    from mobilevec.vectorstore import read_store
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        blocks = rng.integers(0, 256, (4, 4, 3)).astype(np.uint8)
+        Image.fromarray(blocks).resize((80, 60), Image.BILINEAR).save(folder / f"p{i}.png")
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "v.npy"
+    assert cli_main(["embed", str(folder), "--handle", HUB_HANDLE, "-o", str(out),
+                     "--quiet", "--workers", "0", "--exact-decode"]) == 3  # one bad file
+    stored = read_store(out)
+    assert len(stored.paths) == 3
+    direct = mobilevec.create(V2_035, weights=CKPT_DIR / "model.ckpt")
+    with torch.no_grad():  # the same batch: these random weights amplify summation order
+        want = direct(torch.stack([load_image(p) for p in stored.paths])).numpy()
+    np.testing.assert_allclose(stored.vectors, want, rtol=0, atol=1e-5)
+    first = stored.paths[0]
+    capsys.readouterr()
+    # search rebuilds the model from the handle recorded with the vectors
+    assert cli_main(["search", str(out), first, "-k", "1", "--workers", "0"]) == 0
+    assert f"1    1.0000  {first}" in capsys.readouterr().out
