@@ -133,8 +133,10 @@ def _model_for(vectors: str, meta: dict, args: argparse.Namespace):
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .embed import Preprocessing, embed_batches
-    from .search import cosine_neighbours
+    from .vector_index import neighbours
     from .vectorstore import read_meta, read_store
 
     meta = read_meta(args.vectors)
@@ -153,7 +155,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     _print_failures(failures)
     rows = []
     if paths and len(stored.paths):
-        order, sims = cosine_neighbours(vectors, stored.vectors, args.k)
+        order, sims, method = neighbours(args.vectors, stored, np.asarray(vectors), args.k,
+                                         args.index)
+        if method != "exact":
+            print(f"(approximate search: {method} index over {len(stored.paths)} vectors)",
+                  file=sys.stderr)
         for query, hits, scores in zip(paths, order, sims, strict=True):
             print(f"query {query}")
             for rank, (i, score) in enumerate(zip(hits, scores, strict=True), 1):
@@ -238,6 +244,10 @@ def add_commands(subparsers) -> None:
                    help="read query paths from FILE, one per line")
     p.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
     p.add_argument("--csv", help="also write query,rank,cosine,path to this CSV file")
+    p.add_argument("--index", choices=("auto", "exact", "usearch"), default="auto",
+                   help="exact: brute force; usearch: HNSW index saved with the vectors "
+                        "(approximate, needs mobilevec[index]); auto (default): usearch from "
+                        "100,000 stored vectors when installed, else exact")
     add_model_options(p, required=False)
     _add_decode_options(p)
     p.set_defaults(func=cmd_search)
