@@ -25,12 +25,16 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .images import MAX_PIXELS, Crop, ImageError, load_array
 from .search import l2_normalize
+
+if TYPE_CHECKING:
+    from .engines import Engine
 
 log = logging.getLogger(__name__)
 
@@ -285,11 +289,14 @@ def _input_size(model: torch.nn.Module, size: int | tuple[int, int] | None) -> t
 
 
 @torch.inference_mode()
-def embed_batches(model: torch.nn.Module, paths: Iterable[str | Path], *,
+def embed_batches(model: torch.nn.Module | Engine, paths: Iterable[str | Path], *,
                   prep: Preprocessing | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                   workers: int | None = None, threads: bool = False,
                   normalize: bool = False, prefetch: int | None = None) -> Iterator[Batch]:
     """Embed ``paths`` batch by batch (files in input order, failed ones left out).
+
+    ``model`` is a torch module or an engine (:mod:`mobilevec.engines`) of the same call
+    contract.
 
     ``prep`` defaults to the exact TF rule at the model's published size. Each
     :class:`Batch` holds up to ``batch_size`` vectors, float32 ``(B, num_features)``, L2
@@ -298,8 +305,11 @@ def embed_batches(model: torch.nn.Module, paths: Iterable[str | Path], *,
     runs up to ``prefetch`` files (default four batches) ahead of the model.
     """
     prep = prep or Preprocessing(size=_input_size(model, None))
-    model.eval()
-    device = next(model.parameters()).device  # inputs follow the model (CPU or GPU)
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+        device = next(model.parameters()).device  # inputs follow the model (CPU or GPU)
+    else:  # an engine (mobilevec.engines): CPU arrays in, same contract
+        device = torch.device("cpu")
     # One input buffer, filled in place and reused batch after batch (pinned for fast,
     # asynchronous copies to a GPU); the forward pass has finished with it when the vectors
     # are back on the CPU.
