@@ -165,7 +165,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     report_dir = Path(args.report_dir) if args.report_dir else None
     if report_dir is not None:
         matrix, reports = write_report(report_dir, evaluation.labels, predictions.probabilities,
-                                       names, title=f"evaluation on {args.data_dir}")
+                                       names, title=f"evaluation ({Path(args.data_dir).name})")
     else:
         from .reports import confusion_matrix, per_class
 

@@ -93,7 +93,7 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: 
                           title: str = "validation") -> None:
     plt = _pyplot()
     n = len(class_names)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * n, 1.0 + 0.6 * n), dpi=100)
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.2 + 0.7 * n), max(4.0, 1.0 + 0.6 * n)), dpi=100)
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(n), class_names, rotation=45, ha="right")
     ax.set_yticks(range(n), class_names)

@@ -562,12 +562,13 @@ _BEST = "best/"
 
 
 def trained_variables(backbone: MobileNet, fine_tune: bool) -> dict[str, np.ndarray]:
-    """The TF-named variables training changes: all (fine-tune) or the head's (frozen)."""
+    """A snapshot (copies, not views of the live tensors) of the TF-named variables
+    training changes: all of them (fine-tune) or the head's (frozen)."""
     if fine_tune:
-        return to_tf_variables(backbone)
+        return {k: v.copy() for k, v in to_tf_variables(backbone).items()}
     root = f"{backbone.config.spec.root_scope}/{LOGITS_SCOPE}"
     head = backbone.classifier
-    return {f"{root}/weights": torch_to_tf(head.weight.detach().cpu().numpy(), "classifier"),
+    return {f"{root}/weights": torch_to_tf(head.weight.detach().cpu().numpy(), "classifier").copy(),
             f"{root}/biases": head.bias.detach().cpu().numpy().copy()}
 
 

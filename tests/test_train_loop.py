@@ -16,6 +16,7 @@ from mobilevec.train import (
     learning_rate_at,
     random_resized_crop,
     train,
+    trained_variables,
 )
 
 
@@ -52,11 +53,11 @@ def test_early_stopping_keeps_the_lowest_validation_loss(tmp_path):
     tree = class_tree(tmp_path / "data", per_class=6)
     torch.manual_seed(0)
     model = mobilevec.create("mobilenet_v3_small_075_224", trainable=False)
-    config = TrainConfig(epochs=200, patience=3, learning_rate=0.5, schedule="constant",
-                         image_size=40)
+    config = TrainConfig(epochs=100, patience=3, learning_rate=0.5, schedule="constant",
+                         image_size=32)
     result = train(model, tree, tmp_path / "run", config, workers=0)
     losses = [row["val_loss"] for row in result.history]
-    assert result.stopped_early and len(losses) < 200
+    assert result.stopped_early and len(losses) < 100
     assert result.best_epoch == int(np.argmin(losses)) + 1 == len(losses) - 3
     kept = float(torch.nn.functional.cross_entropy(torch.from_numpy(result.val_logits),
                                                    torch.from_numpy(result.val_labels)))
@@ -68,3 +69,20 @@ def test_folded_batch_norm_is_recognised_only_in_folded_weights(v3_tflite, v2_np
                                                  weights=v3_tflite))
     assert not batch_norm_is_folded(mobilevec.create("mobilenet_v2_100_224", weights=v2_npy))
     assert not batch_norm_is_folded(mobilevec.create("mobilenet_v3_small_075_224"))
+
+
+@pytest.mark.parametrize("fine_tune", [False, True])
+def test_best_epoch_snapshot_does_not_follow_later_training(fine_tune):
+    model = mobilevec.create("mobilenet_v3_small_075_224", trainable=fine_tune)
+    model.set_num_classes(3)
+    snapshot = trained_variables(model, fine_tune)
+    frozen = {k: v.copy() for k, v in snapshot.items()}
+    with torch.no_grad():  # what the following epochs do to the live tensors, in place
+        for p in model.parameters():
+            p.add_(1.0)
+        for name, buffer in model.named_buffers():
+            if name.endswith(("running_mean", "running_var")):
+                buffer.mul_(2.0)
+    assert snapshot.keys() == frozen.keys()
+    for key, value in frozen.items():
+        assert np.array_equal(snapshot[key], value), key
