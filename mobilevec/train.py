@@ -68,7 +68,8 @@ class TrainConfig:
     ``patience``: stop after that many epochs without a lower validation loss (None:
     never). ``normalize_features`` L2-normalises the vector before the head;
     ``flip_average`` averages the features of the image and its mirror image at inference
-    (and in the frozen feature cache). ``bn_momentum`` is TF's decay (None: the model's).
+    (validation included); a frozen run's feature cache then also holds the mirror images'
+    vectors, as extra training samples. ``bn_momentum`` is TF's decay (None: the model's).
     ``freeze_batch_norm`` (fine-tune): keep BatchNorm in inference mode (moving statistics
     fixed, gamma/beta still trained); None means: only when the weights carry BatchNorm
     folded into the convolutions (TFLite files), whose identity statistics batch
@@ -204,17 +205,18 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
 
-class _Features(nn.Module):
-    """A classifier's (inference) feature vectors, for :func:`mobilevec.embed.embed_files`."""
+class _Views(nn.Module):
+    """The backbone's features of each image and of its mirror image, side by side
+    (``(N, 2 D)``): one decode pass for :func:`mobilevec.embed.embed_files` gives both."""
 
-    def __init__(self, classifier: Classifier):
+    def __init__(self, backbone: MobileNet):
         super().__init__()
-        self.classifier = classifier
-        self.config = classifier.config
-        self.num_features = classifier.backbone.num_features
+        self.backbone = backbone
+        self.config = backbone.config
+        self.num_features = 2 * backbone.num_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier.features(x)
+        return torch.cat([self.backbone.features(x), self.backbone.features(x.flip(-1))], 1)
 
 
 def head_parameters(classifier: Classifier) -> list[nn.Parameter]:
@@ -445,17 +447,24 @@ class _Progress:
 
 def _cache_features(classifier: Classifier, files: LabeledFiles, size: tuple[int, int],
                     workers: int | None, progress: _Progress, what: str
-                    ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[Path, str]]]:
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
+                               list[tuple[Path, str]]]:
+    """``(vectors, labels, mirrored vectors or None, errors)`` of the files that decode;
+    the mirror images' vectors only when the classifier averages over flips."""
     def update(done: int) -> None:
         if progress.embed:
             progress.embed(done, len(files), what)
 
-    classifier.eval()
-    result = embed_files(_Features(classifier), files.paths, size=size, workers=workers,
-                         progress=update)
+    backbone = classifier.backbone.eval()
+    model = _Views(backbone) if classifier.flip_average else backbone
+    result = embed_files(model, files.paths, size=size, workers=workers, progress=update)
     label_of = dict(zip(files.paths, files.labels, strict=True))
-    labels = np.asarray([label_of[p] for p in result.paths], dtype=np.int64)
-    return torch.from_numpy(result.vectors), torch.from_numpy(labels), result.errors
+    labels = torch.from_numpy(np.asarray([label_of[p] for p in result.paths], dtype=np.int64))
+    vectors = torch.from_numpy(result.vectors)
+    if not classifier.flip_average:
+        return vectors, labels, None, result.errors
+    half = backbone.num_features
+    return vectors[:, :half], labels, vectors[:, half:], result.errors
 
 
 @contextmanager
@@ -509,8 +518,12 @@ def _prepare_inputs(classifier: Classifier, optimizer: torch.optim.Optimizer, da
     else:
         arrays = {}
         for split, files in (("train", data.train), ("val", data.val)):
-            vectors, labels, errors = _cache_features(classifier, files, size, workers,
-                                                      progress, split)
+            vectors, labels, mirrored, errors = _cache_features(classifier, files, size,
+                                                                workers, progress, split)
+            if mirrored is not None and split == "train":  # both views are training samples
+                vectors, labels = torch.cat([vectors, mirrored]), torch.cat([labels, labels])
+            elif mirrored is not None:  # validation sees what inference sees: the average
+                vectors = (vectors + mirrored) * 0.5
             arrays[f"{split}/vectors"], arrays[f"{split}/labels"] = vectors, labels
             skipped += errors
         run.write_features({k: v.numpy() for k, v in arrays.items()},

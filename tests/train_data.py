@@ -18,9 +18,11 @@ def write_image(path: Path, colour: tuple[int, int, int], seed: int, size: int =
     return path
 
 
-def class_tree(root: Path, per_class: int = 6, classes: dict | None = None) -> Path:
-    """``root/<colour>/img_<i>.png``: one class per colour, noisy solid images."""
+def class_tree(root: Path, per_class: int = 6, classes: dict | None = None,
+               seed: int = 0) -> Path:
+    """``root/<colour>/img_<i>.png``: one class per colour, noisy solid images (the noise
+    drawn from ``seed``)."""
     for c, (name, colour) in enumerate((classes or COLOURS).items()):
         for i in range(per_class):
-            write_image(root / name / f"img_{i}.png", colour, seed=100 * c + i)
+            write_image(root / name / f"img_{i}.png", colour, seed=10_000 * seed + 100 * c + i)
     return root
