@@ -33,7 +33,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Literal
 
@@ -42,10 +42,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .augment import DecodedImages, decode_labeled, exact_inputs, random_resized_crop
 from .datasets import LabeledFiles, read_class_folders, split_dataset
 from .embed import embed_files
 from .errors import MobilevecError
-from .images import ImageError, load_rgb, resize_array
+from .images import resize_array
 from .model import MobileNet
 from .names import LOGITS_SCOPE, load_tf_variables, to_tf_variables, torch_to_tf
 from .runs import RunError, RunFolder, restore_optimizer
@@ -219,10 +220,6 @@ class _Views(nn.Module):
         return torch.cat([self.backbone.features(x), self.backbone.features(x.flip(-1))], 1)
 
 
-def head_parameters(classifier: Classifier) -> list[nn.Parameter]:
-    return list(classifier.backbone.classifier.parameters())
-
-
 def build_optimizer(classifier: Classifier, config: TrainConfig) -> torch.optim.Optimizer:
     """Head kernel with weight decay, head bias without; in fine-tune mode the backbone
     (no weight decay, ``backbone_lr_scale``). Group 'lr_scale' entries scale the schedule."""
@@ -242,63 +239,6 @@ def build_optimizer(classifier: Classifier, config: TrainConfig) -> torch.optim.
 def _set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr * group["lr_scale"]
-
-
-# --- images --------------------------------------------------------------------------------
-def random_resized_crop(rgb: np.ndarray, size: tuple[int, int], rng: np.random.Generator,
-                        scale: tuple[float, float] = (0.5, 1.0),
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                        flip: bool = True) -> np.ndarray:
-    """A random window of ``(H, W, 3)`` uint8 ``rgb`` covering a fraction in ``scale`` of
-    its area with aspect ratio in ``ratio`` (log-uniform), resized to ``size`` with the TF
-    bilinear rule and mirrored with probability 1/2: ``(3, h, w)`` float32 in [0, 1].
-    Falls back to the whole image after 10 windows that do not fit."""
-    height, width = rgb.shape[:2]
-    window = rgb
-    for _ in range(10):
-        area = height * width * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
-        w, h = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
-        if 0 < w <= width and 0 < h <= height:
-            top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
-            window = rgb[top:top + h, left:left + w]
-            break
-    out = resize_array(window, size)
-    if flip and rng.random() < 0.5:
-        out = np.ascontiguousarray(out[:, :, ::-1])
-    return out
-
-
-@dataclass
-class DecodedImages:
-    """Decoded training images kept in memory (``(H, W, 3)`` uint8) with their labels."""
-
-    paths: list[Path]
-    images: list[np.ndarray]
-    labels: np.ndarray
-    errors: list[tuple[Path, str]] = field(default_factory=list)
-
-
-def decode_labeled(files: LabeledFiles) -> DecodedImages:
-    """Decode every file once; files that fail are logged, listed in ``errors`` and left out."""
-    paths, images, labels, errors = [], [], [], []
-    for path, label in zip(files.paths, files.labels, strict=True):
-        try:
-            images.append(load_rgb(path))
-        except ImageError as e:
-            log.warning("skipping %s: %s", path, e.cause)
-            errors.append((path, e.cause))
-            continue
-        paths.append(path)
-        labels.append(label)
-    return DecodedImages(paths, images, np.asarray(labels, dtype=np.int64), errors)
-
-
-def _exact_inputs(images: list[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
-    """The TF-rule inputs (squash-resize, no crop) of decoded images, ``(N, 3, h, w)``."""
-    if not images:
-        return torch.zeros((0, 3, *size))
-    return torch.from_numpy(np.stack([resize_array(im, size) for im in images]))
 
 
 # --- epochs --------------------------------------------------------------------------------
@@ -502,10 +442,10 @@ def _prepare_inputs(classifier: Classifier, optimizer: torch.optim.Optimizer, da
     if config.fine_tune or config.augments:
         train_images, val_images = decode_labeled(data.train), decode_labeled(data.val)
         skipped = train_images.errors + val_images.errors
-        val_inputs = _exact_inputs(val_images.images, size)
+        val_inputs = exact_inputs(val_images.images, size)
         _require_images(len(train_images.labels), len(val_images.labels), data)
         if config.fine_tune and config.head_warmup_epochs and not resume:
-            _warm_up_head(classifier, config, _exact_inputs(train_images.images, size),
+            _warm_up_head(classifier, config, exact_inputs(train_images.images, size),
                           torch.from_numpy(train_images.labels), val_inputs,
                           torch.from_numpy(val_images.labels))
         return _Inputs(

@@ -10,11 +10,11 @@ import torch
 from train_data import class_tree
 
 import mobilevec
+from mobilevec.augment import random_resized_crop
 from mobilevec.train import (
     TrainConfig,
     batch_norm_is_folded,
     learning_rate_at,
-    random_resized_crop,
     train,
     trained_variables,
 )
