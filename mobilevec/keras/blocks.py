@@ -23,6 +23,9 @@ from ..layers import BN_EPSILON, SE_GATE_SCALE
 from ..specs import Activation, ResolvedBlock, ResolvedConv, ResolvedLayer
 
 _BN_VARIABLES = ("gamma", "beta", "moving_mean", "moving_variance")  # Keras' weight order
+# Every kernel is overwritten (TF-Slim variables, or a saved .keras file), so no random
+# initialiser runs: on JAX each new kernel shape of glorot_uniform compiles a program (~0.5 s).
+_PLACEHOLDER_INIT = "zeros"
 
 
 def activate(x, name: Activation):
@@ -71,9 +74,11 @@ class ConvBnAct(keras.layers.Layer):
         common = dict(kernel_size=kernel, strides=stride, padding="same",
                       data_format="channels_last", use_bias=not batch_norm, dtype=self.dtype_policy)
         if depthwise:
-            self.conv = keras.layers.DepthwiseConv2D(name="depthwise", **common)
+            self.conv = keras.layers.DepthwiseConv2D(
+                name="depthwise", depthwise_initializer=_PLACEHOLDER_INIT, **common)
         else:
-            self.conv = keras.layers.Conv2D(out_channels, name="conv", **common)
+            self.conv = keras.layers.Conv2D(out_channels, name="conv",
+                                            kernel_initializer=_PLACEHOLDER_INIT, **common)
         self.conv.build((None, None, None, in_channels))
         self.bn = None
         if batch_norm:
@@ -109,7 +114,8 @@ class SqueezeExcite(keras.layers.Layer):
     def __init__(self, scope: str, channels: int, squeeze_channels: int, **kwargs):
         super().__init__(name=_keras_name(scope), **kwargs)
         self.scope = scope
-        conv = dict(kernel_size=1, data_format="channels_last", dtype=self.dtype_policy)
+        conv = dict(kernel_size=1, data_format="channels_last", dtype=self.dtype_policy,
+                    kernel_initializer=_PLACEHOLDER_INIT)
         self.reduce = keras.layers.Conv2D(squeeze_channels, name="Conv", **conv)
         self.expand = keras.layers.Conv2D(channels, name="Conv_1", **conv)
         self.reduce.build((None, 1, 1, channels))
@@ -180,7 +186,8 @@ def build_blocks(layers: tuple[ResolvedLayer, ...], root_scope: str, momentum: f
     """One built Keras layer per row of a resolved architecture table, in network order.
 
     ``momentum`` is the BatchNorm moving-average decay (TF convention, which Keras shares).
-    The layers hold freshly initialised weights until :func:`set_tf_variables` fills them.
+    The kernels hold zeros until :func:`set_tf_variables` (or loading a saved model) fills
+    them.
     """
     blocks: list[keras.layers.Layer] = []
     for layer in layers:

@@ -74,7 +74,7 @@ class KerasLayer(keras.layers.Layer):
         if num_classes:
             self.classifier = keras.layers.Conv2D(
                 num_classes, 1, data_format="channels_last", name="Logits_Conv2d_1c_1x1",
-                dtype=self.dtype_policy)
+                kernel_initializer="zeros", dtype=self.dtype_policy)
             self.classifier.build((None, 1, 1, config.num_features))
         self.output_width = num_classes or config.num_features
         if output_shape is not None and tuple(output_shape) != (self.output_width,):
