@@ -48,8 +48,10 @@ class KerasLayer(keras.layers.Layer):
     def __init__(self, handle: str, trainable: bool = False,
                  arguments: dict[str, Any] | None = None,
                  output_shape: list[int] | tuple[int, ...] | None = None, *,
-                 model: str | None = None, num_classes: int | None = None, **kwargs):
+                 model: str | None = None, **kwargs):
+        # from_config passes these two; users never do (the handle decides the classes).
         restoring = kwargs.pop("_restoring", False)
+        num_classes = kwargs.pop("num_classes", None) if restoring else None
         super().__init__(trainable=trainable, **kwargs)
         self.handle = str(handle)
         self.arguments = dict(arguments or {})
