@@ -405,3 +405,27 @@ def test_cli_backends_lists_runtimes(capsys):
     assert main(["backends"]) == 0
     out = capsys.readouterr().out
     assert "onnxruntime" in out and "<- auto" in out
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch-fused"])
+def test_cli_embed_on_an_engine_gives_the_torch_vectors(tmp_path, data_dir, backend):
+    from mobilevec.vectorstore import read_store
+
+    weights = require(V3_TFLITE)
+    photos = sorted((data_dir / "imagenet-samples").glob("*.JPEG"))[:6]
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in photos:
+        (folder / p.name).symlink_to(p)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    outputs = {}
+    for name in ("torch", backend):
+        out = tmp_path / f"{name}.npy"
+        assert main(["embed", str(folder), "--model", V3, "--weights", str(weights), "-o",
+                     str(out), "--backend", name, "--quiet", "--workers", "0",
+                     "--batch-size", "4"]) == 3  # the broken file is reported, not fatal
+        stored = read_store(out)
+        outputs[name] = dict(zip(stored.paths, stored.vectors, strict=True))
+    assert sorted(outputs["torch"]) == sorted(outputs[backend]) and len(outputs["torch"]) == 6
+    for path, vector in outputs["torch"].items():
+        np.testing.assert_allclose(outputs[backend][path], vector, rtol=0, atol=TOL)
