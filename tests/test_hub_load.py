@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _http_server import LocalServer
 
 import mobilevec
 from mobilevec import cache, hub
@@ -58,22 +57,6 @@ def reference() -> np.ndarray:
     return vectors(mobilevec.create(V2_035, weights=CKPT_DIR / "model.ckpt"))
 
 
-@pytest.fixture
-def server():
-    with LocalServer() as srv:
-        yield srv
-
-
-@pytest.fixture
-def cache_root(tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "cache"
-    monkeypatch.setenv("MOBILEVEC_CACHE", str(root))
-    monkeypatch.delenv("MOBILEVEC_OFFLINE", raising=False)
-    monkeypatch.delenv("MOBILEVEC_HUB_MIRROR", raising=False)
-    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    return root
 
 
 @pytest.fixture
