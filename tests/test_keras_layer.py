@@ -88,12 +88,10 @@ def torch_modules(artifacts) -> dict:
 
 
 @pytest.fixture
-def offline_cache(tmp_path, monkeypatch) -> Path:
-    """An empty mobilevec cache with downloads forbidden."""
-    root = tmp_path / "cache"
-    monkeypatch.setenv("MOBILEVEC_CACHE", str(root))
+def offline_cache(cache_root, monkeypatch) -> Path:
+    """An empty mobilevec cache (conftest's) with downloads forbidden."""
     monkeypatch.setenv("MOBILEVEC_OFFLINE", "1")
-    return root
+    return cache_root
 
 
 # --- outputs -----------------------------------------------------------------------------
