@@ -15,6 +15,8 @@ from typing import Any
 import keras
 from keras import ops
 
+from .. import hub
+from ..names import LOGITS_SCOPE, to_tf_variables
 from ..registry import get_config
 from .blocks import build_blocks, set_tf_variables
 
@@ -60,9 +62,6 @@ class KerasLayer(keras.layers.Layer):
             # follow from the saved file (Keras' load_own_variables).
             config, variables = get_config(model), None
         else:
-            from .. import hub
-            from ..names import to_tf_variables
-
             net = hub.load(self.handle, trainable=trainable, arguments=self.arguments,
                            model=model)
             config, variables = net.config, to_tf_variables(net)
@@ -72,12 +71,7 @@ class KerasLayer(keras.layers.Layer):
         momentum = self.arguments.get("batch_norm_momentum", config.batch_norm_momentum)
         self.blocks = build_blocks(config.resolved_layers(), config.spec.root_scope,
                                    float(momentum), dtype=self.dtype_policy)
-        self.classifier = None
-        if num_classes:
-            self.classifier = keras.layers.Conv2D(
-                num_classes, 1, data_format="channels_last", name="Logits_Conv2d_1c_1x1",
-                kernel_initializer="zeros", dtype=self.dtype_policy)
-            self.classifier.build((None, 1, 1, config.num_features))
+        self.classifier = self._make_classifier(num_classes, config.num_features)
         self.output_width = num_classes or config.num_features
         if output_shape is not None and tuple(output_shape) != (self.output_width,):
             raise ValueError(f"{self.handle}: output_shape={list(output_shape)} does not fit "
@@ -85,13 +79,22 @@ class KerasLayer(keras.layers.Layer):
         if variables is not None:
             set_tf_variables(self.blocks, variables)
             if self.classifier is not None:
-                root = config.spec.root_scope
-                self.classifier.set_weights(
-                    [variables[f"{root}/Logits/Conv2d_1c_1x1/weights"],
-                     variables[f"{root}/Logits/Conv2d_1c_1x1/biases"]])
+                head = f"{config.spec.root_scope}/{LOGITS_SCOPE}"
+                self.classifier.set_weights([variables[f"{head}/weights"],
+                                             variables[f"{head}/biases"]])
         # Keras propagates trainable to the sublayers: frozen BatchNorm runs in inference mode.
         self.trainable = trainable
         self.built = True
+
+    def _make_classifier(self, num_classes: int | None, num_features: int):
+        """The 1×1 ``Logits/Conv2d_1c_1x1`` conv of classification modules (None otherwise)."""
+        if not num_classes:
+            return None
+        conv = keras.layers.Conv2D(num_classes, 1, data_format="channels_last",
+                                   name=LOGITS_SCOPE.replace("/", "_"),
+                                   kernel_initializer="zeros", dtype=self.dtype_policy)
+        conv.build((None, 1, 1, num_features))
+        return conv
 
     def build(self, input_shape=None) -> None:
         # Every weight exists from __init__ on (its shape does not depend on H and W).
