@@ -70,6 +70,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.data_dir is None:
             print("error: give DATA_DIR (one sub-folder of images per class)", file=sys.stderr)
             return 2
+        if not (args.model or args.handle):
+            print("error: train: name a model: --model NAME [--weights FILE|DIR], or --handle H "
+                  "(or --resume an earlier run)", file=sys.stderr)
+            return 2
         backbone = model_from_args(args, trainable=args.fine_tune,
                                    batch_norm_momentum=args.bn_momentum)
         if weights_source(args) is None:
