@@ -174,3 +174,8 @@ def test_evaluate_reproduces_the_validation_of_the_cached_features(tmp_path, cap
     # training cache built the same numbers another way
     assert report["images"] == 9
     assert report["accuracy"] == pytest.approx(spec["best_val_accuracy"])
+
+
+def test_train_without_a_model_is_a_usage_error(tree, tmp_path, capsys):
+    assert main(["train", str(tree), "-o", str(tmp_path / "run"), "--quiet"]) == 2
+    assert "name a model" in capsys.readouterr().err
