@@ -9,7 +9,6 @@ replaced and the files it held are retried one by one, so only the culprit is re
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import hashlib
 import logging
@@ -267,20 +266,16 @@ def _decode_stream(paths: Iterable[str | Path], prep: Preprocessing, workers: in
             shared.close()
 
 
-@contextlib.contextmanager
-def flush_denormals() -> Iterator[None]:
-    """Compute with denormal floats flushed to zero (process-wide, restored to off after).
+def flush_denormals() -> None:
+    """Compute with denormal floats flushed to zero on this thread from now on (left on, as
+    the engines leave it: torch offers no way to read the previous setting back). It is
+    per-thread CPU state that other code can reset, so it is set again before each batch.
 
     The real V2 weights drive some channels into denormal activations, which x86 computes
     about 13x slower; their values (< 1.2e-38) do not change a vector. The engines do the
     same (``torch-fused``, ONNX Runtime's ``set_denormal_as_zero``).
     """
-    changed = torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        if changed:
-            torch.set_flush_denormal(False)
+    torch.set_flush_denormal(True)
 
 
 def _input_size(model: torch.nn.Module, size: int | tuple[int, int] | None) -> tuple[int, int]:
@@ -321,8 +316,8 @@ def embed_batches(model: torch.nn.Module | Engine, paths: Iterable[str | Path], 
     def flush() -> Batch:
         if done:
             x = inputs[:len(done)].to(device, non_blocking=True)
-            with flush_denormals():
-                vectors = model(x).float().cpu().numpy()
+            flush_denormals()  # per batch: decoding in this thread can reset the FPU flags
+            vectors = model(x).float().cpu().numpy()
         else:
             vectors = np.zeros((0, getattr(model, "num_features", 0)), np.float32)
         return Batch(list(done), l2_normalize(vectors) if normalize else vectors, list(errors))

@@ -21,7 +21,8 @@ from .base import Engine
 class TorchFusedEngine(Engine):
     """Inference-only engine; ``threads`` sets ``torch.set_num_threads`` (process-wide:
     torch has one intra-op pool), None keeps torch's setting. Creating one turns on
-    ``torch.set_flush_denormal`` (process-wide too; ``flush_denormal=False`` leaves it)."""
+    ``torch.set_flush_denormal`` for every call (it is per-thread CPU state, which other code
+    on the thread may reset; ``flush_denormal=False`` leaves it alone)."""
 
     backend = "torch-fused"
 
@@ -29,11 +30,12 @@ class TorchFusedEngine(Engine):
         super().__init__(get_config(net.model), net.image_size, net.num_features)
         if threads:
             torch.set_num_threads(threads)
-        if flush_denormal:
-            torch.set_flush_denormal(True)
+        self.flush_denormal = flush_denormal
         self.module = FusedModule(net).to(memory_format=torch.channels_last)
 
     def run_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        if self.flush_denormal:
+            torch.set_flush_denormal(True)
         with torch.inference_mode():
             y = self.module(x.contiguous(memory_format=torch.channels_last))
         return y.clone()  # an ordinary tensor, usable outside inference mode
