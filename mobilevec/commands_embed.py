@@ -83,11 +83,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
                          max_pixels=args.max_pixels or MAX_PIXELS)
     meta = store_meta(model, prep, normalize=args.normalize, half=args.half,
                       weights=weights, source=args.handle, fingerprint=fingerprint)
+    runner = _runner(args, run_embed)
     bar, update = _bar(len(sources.paths), "embed", args.quiet)
     try:
-        summary = run_embed(model, sources.paths, args.output, prep=prep, meta=meta,
-                            batch_size=args.batch_size, workers=args.workers,
-                            threads=args.threads, missing=sources.missing, progress=update)
+        summary = runner(model, sources.paths, args.output, prep=prep, meta=meta,
+                         batch_size=args.batch_size, missing=sources.missing, progress=update)
     finally:
         if bar is not None:
             bar.close()
@@ -98,6 +98,18 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if summary.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_FAILED_FILES if summary.failed else EXIT_OK
+
+
+def _runner(args: argparse.Namespace, run_embed):
+    """``run_embed`` with the local decode options, or the Ray runner with its own."""
+    from functools import partial
+
+    if args.runner == "ray":
+        from .ray_runner import run_ray_embed
+
+        return partial(run_ray_embed, address=args.address, num_workers=args.num_workers,
+                       quiet=args.quiet)
+    return partial(run_embed, workers=args.workers, threads=args.threads)
 
 
 # --- search ------------------------------------------------------------------------------
@@ -226,6 +238,13 @@ def add_commands(subparsers) -> None:
     p.add_argument("--max-pixels", type=int, default=None,
                    help="refuse larger images before decoding (default: about 179 MP)")
     _add_decode_options(p)
+    p.add_argument("--runner", choices=("local", "ray"), default="local",
+                   help="local: this machine (default); ray: Ray Data actors, one model each "
+                        "(pip install 'mobilevec[ray]'; see docs/ray.md)")
+    p.add_argument("--address", help="with --runner ray: 'auto' or ray://HOST:10001 to join a "
+                                     "cluster (default: a local Ray instance for this run)")
+    p.add_argument("--num-workers", type=int,
+                   help="with --runner ray: model actors (default: one per CPU in the cluster)")
     p.set_defaults(func=cmd_embed)
 
     p = subparsers.add_parser(
