@@ -53,8 +53,7 @@ def test_ray_store_equals_the_local_runners_and_lists_exactly_the_bad_files(
     # here, 2 in the local run; other batch sizes) move these vectors by up to ~7e-6, so
     # 1e-5 is a promise that can be kept; random weights give far larger activations.
     good, bad = build_corpus(tmp_path / "corpus")
-    weights = v3_tflite
-    options = ("--model", V3, "--weights", weights, "--batch-size", 3)
+    options = ("--model", V3, "--weights", v3_tflite, "--batch-size", 3)
     local, remote = tmp_path / "local.parquet", tmp_path / "ray.parquet"
     assert embed(tmp_path / "corpus", "-o", local, *options, "--workers", 0) == 3
     capsys.readouterr()
@@ -63,7 +62,7 @@ def test_ray_store_equals_the_local_runners_and_lists_exactly_the_bad_files(
     assert f"{len(good)} embedded, {len(bad)} failed" in capsys.readouterr().out
     ours, theirs = stored(remote), stored(local)
     assert sorted(ours) == sorted(theirs) == sorted(str(p) for p in good)
-    model = mobilevec.create(V3, weights=weights, trainable=False)
+    model = mobilevec.create(V3, weights=v3_tflite, trainable=False)
     with torch.no_grad():  # the model on the decoded tensors: a reference neither runner made
         expected = model(torch.stack([load_image(p, draft=True) for p in good])).numpy()
     for path, vector in zip(good, expected, strict=True):
