@@ -188,6 +188,8 @@ def _connect(address: str | None, quiet: bool) -> bool:
     """Start or join Ray unless this process already did; True if we must shut it down."""
     ray = require_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False  # ours instead
+    if quiet:  # Ray Data logs every execution's plan and end at INFO
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
     if ray.is_initialized():
         return False
     options: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": not quiet}
