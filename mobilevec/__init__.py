@@ -8,9 +8,10 @@
 from .api import create, save
 from .errors import MobilevecError, UnknownModelError, WeightsError
 from .formats.detect import read_weights
+from .hub import load
 from .model import MobileNet
 from .registry import get_config, list_models
 
 __all__ = ["MobileNet", "MobilevecError", "UnknownModelError", "WeightsError", "create",
-           "get_config", "list_models", "read_weights", "save"]
+           "get_config", "list_models", "load", "read_weights", "save"]
 __version__ = "0.1.0"

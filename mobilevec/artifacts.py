@@ -10,6 +10,7 @@ a URL is an artifact of unknown model, recognised by content after download.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -34,6 +35,9 @@ KNOWN_SHA256 = {
 # TF Hub serves a module as a tarball when asked for the compressed format; tfhub.dev
 # redirects such requests to Kaggle and then to storage.
 COMPRESSED_QUERY = "tf-hub-format=compressed"
+# A mirror that serves tfhub.dev / Kaggle module paths (an internal proxy, or a test server):
+# ``$MOBILEVEC_HUB_MIRROR/google/imagenet/.../feature_vector/5?tf-hub-format=compressed``.
+ENV_HUB_MIRROR = "MOBILEVEC_HUB_MIRROR"
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,8 @@ def _hub_artifact(handle: str, name: str, kind: str) -> Artifact | None:
         return None
     path = urlsplit(handle).path if "://" in handle else handle
     url = handle if "://" in handle else f"https://tfhub.dev/{path.lstrip('/')}"
+    if mirror := os.environ.get(ENV_HUB_MIRROR):
+        url = f"{mirror.rstrip('/')}/{path.lstrip('/')}"
     return Artifact(handle, _with_query(url.split("?")[0], COMPRESSED_QUERY), name,
                     kind=kind)
 

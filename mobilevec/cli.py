@@ -9,13 +9,14 @@ import os
 import sys
 from pathlib import Path
 
+from .cli_models import add_model_options
 from .errors import MobilevecError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 # Modules under mobilevec/ that add their own sub-commands: each defines
 # ``add_commands(subparsers)`` and keeps its heavy imports inside the command functions.
-_COMMAND_MODULES: list[str] = ["commands_embed", "commands_export"]
+_COMMAND_MODULES: list[str] = ["commands_embed", "commands_export", "commands_cache"]
 
 
 def default_shared_dir(env: str, sub: str) -> Path:
@@ -47,10 +48,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .api import create
+    from .cli_models import model_from_args
     from .names import variable_names
 
-    model = create(args.model, weights=args.weights)
+    model = model_from_args(args)
     c = model.config
     params = sum(p.numel() for p in model.parameters())
     print(f"model      {c.name}  ({c.spec.root_scope}, multiplier {c.multiplier})")
@@ -81,8 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("info", help="describe a model (and check that weights load)")
-    p.add_argument("--model", required=True, help="model name, see `mobilevec list`")
-    p.add_argument("--weights", help="weights FILE or DIR, any supported format")
+    add_model_options(p)
     p.add_argument("--variables", action="store_true", help="print the TF-Slim variable names")
     p.set_defaults(func=cmd_info)
 

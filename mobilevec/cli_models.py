@@ -10,8 +10,10 @@ or a name alone (random weights, for tests and training from scratch).
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -58,7 +60,10 @@ def weights_source(args: argparse.Namespace) -> str | None:
     """The artifact file or folder behind ``args`` (the cached original for a handle), or
     None for random weights: what outputs record as the source of their vectors."""
     if getattr(args, "handle", None):
+        from .cache import get_entry
         from .hub import resolve
 
-        return str(resolve(args.handle).path)
+        resolved = resolve(args.handle)
+        entry = get_entry(resolved.url) if resolved.url else None
+        return str(entry.file if entry is not None else resolved.path)
     return args.weights

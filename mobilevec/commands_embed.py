@@ -25,6 +25,10 @@ def _add_decode_options(p: argparse.ArgumentParser) -> None:
                         "processes) but a crashing codec then stops the run")
     p.add_argument("--batch-size", type=int, default=64, help="images per inference batch")
     p.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda)")
+    p.add_argument("--backend", default="torch",
+                   choices=("torch", "auto", "torch-fused", "onnxruntime", "openvino", "litert"),
+                   help="inference engine (default torch; auto: the fastest installed one, "
+                        "see `mobilevec backends`); same vectors to <= 1e-4")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -73,21 +77,21 @@ def cmd_embed(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     model = model_from_args(args)
     fingerprint = model_fingerprint(model)  # of the weights as loaded, before any move
-    model.to(args.device)
     weights = weights_source(args)
+    size = args.size or model.config.image_size
+    runner = _runner(model, args.backend, size, args.device, weights)
     if weights is None:
         print("warning: no --weights: random initialisation (vectors mean nothing, and a "
               "re-run cannot resume them)", file=sys.stderr)
-    size = args.size or model.config.image_size
     prep = Preprocessing(size=(size, size), crop=args.crop, draft=not args.exact_decode,
                          max_pixels=args.max_pixels or MAX_PIXELS)
     meta = store_meta(model, prep, normalize=args.normalize, half=args.half,
                       weights=weights, source=args.handle, fingerprint=fingerprint)
-    runner = _runner(args, run_embed)
+    embed = _embed_function(args, run_embed)
     bar, update = _bar(len(sources.paths), "embed", args.quiet)
     try:
-        summary = runner(model, sources.paths, args.output, prep=prep, meta=meta,
-                         batch_size=args.batch_size, missing=sources.missing, progress=update)
+        summary = embed(runner, sources.paths, args.output, prep=prep, meta=meta,
+                        batch_size=args.batch_size, missing=sources.missing, progress=update)
     finally:
         if bar is not None:
             bar.close()
@@ -100,16 +104,31 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return EXIT_FAILED_FILES if summary.failed else EXIT_OK
 
 
-def _runner(args: argparse.Namespace, run_embed):
+def _embed_function(args: argparse.Namespace, run_embed):
     """``run_embed`` with the local decode options, or the Ray runner with its own."""
     from functools import partial
 
     if args.runner == "ray":
+        from .errors import MobilevecError
         from .ray_runner import run_ray_embed
 
+        if args.backend != "torch":  # engines hold native sessions that Ray cannot ship
+            raise MobilevecError("--runner ray runs the torch backend only; drop --backend")
         return partial(run_ray_embed, address=args.address, num_workers=args.num_workers,
                        quiet=args.quiet)
     return partial(run_embed, workers=args.workers, threads=args.threads)
+
+
+def _runner(model, backend: str, size: int, device: str, source: str | None):
+    """The torch module on ``device``, or an inference engine running its weights."""
+    if backend == "torch":
+        return model.to(device)
+    from .engines import engine_from_model
+
+    if device != "cpu":
+        print(f"warning: --device {device} applies to the torch backend only; {backend} runs "
+              "on the CPU", file=sys.stderr)
+    return engine_from_model(model, backend, image_size=size, source=source)
 
 
 # --- search ------------------------------------------------------------------------------
@@ -145,15 +164,18 @@ def _model_for(vectors: str, meta: dict, args: argparse.Namespace):
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .embed import Preprocessing, embed_batches
-    from .search import cosine_neighbours
+    from .vector_index import neighbours
     from .vectorstore import read_meta, read_store
 
     meta = read_meta(args.vectors)
-    model = _model_for(args.vectors, meta, args).to(args.device)
+    p = meta["preprocessing"]
+    model = _runner(_model_for(args.vectors, meta, args), args.backend, p["size"][0],
+                    args.device, None)
     stored = read_store(args.vectors)
     sources = _expand(args)
-    p = meta["preprocessing"]
     prep = Preprocessing(size=tuple(p["size"]), crop=p["crop"], draft=p["draft"])
     paths, vectors, failures = [], [], list(sources.missing)
     for batch in embed_batches(model, sources.paths, prep=prep, batch_size=args.batch_size,
@@ -165,7 +187,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     _print_failures(failures)
     rows = []
     if paths and len(stored.paths):
-        order, sims = cosine_neighbours(vectors, stored.vectors, args.k)
+        order, sims, method = neighbours(args.vectors, stored, np.asarray(vectors), args.k,
+                                         args.index)
+        if method != "exact":
+            print(f"(approximate search: {method} index over {len(stored.paths)} vectors)",
+                  file=sys.stderr)
         for query, hits, scores in zip(paths, order, sims, strict=True):
             print(f"query {query}")
             for rank, (i, score) in enumerate(zip(hits, scores, strict=True), 1):
@@ -257,6 +283,10 @@ def add_commands(subparsers) -> None:
                    help="read query paths from FILE, one per line")
     p.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
     p.add_argument("--csv", help="also write query,rank,cosine,path to this CSV file")
+    p.add_argument("--index", choices=("auto", "exact", "usearch"), default="auto",
+                   help="exact: brute force; usearch: HNSW index saved with the vectors "
+                        "(approximate, needs mobilevec[index]); auto (default): usearch from "
+                        "100,000 stored vectors when installed, else exact")
     add_model_options(p, required=False)
     _add_decode_options(p)
     p.set_defaults(func=cmd_search)

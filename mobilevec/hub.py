@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -44,18 +45,24 @@ _PREFERENCE = ("saved_model", "tf_checkpoint", "keras_h5", "safetensors", "npy",
 class Resolved:
     """Where a handle's weights are on disk.
 
-    ``path`` is the artifact to read (file, directory or checkpoint prefix); ``model`` the
-    model the handle names (None: infer it from the variables); ``entry`` the cache entry
-    folder for remote and archived artifacts (None for plain local files); ``kind`` is
-    "feature_vector", "classification" or "weights".
+    ``path`` is the artifact to read (file, directory or checkpoint prefix; inside an
+    unpacked archive it is found on first use); ``model`` the model the handle names (None:
+    infer it from the variables); ``entry`` the cache entry folder for remote and archived
+    artifacts (None for plain local files); ``kind`` is "feature_vector", "classification"
+    or "weights"; ``url`` the cache entry's URL.
     """
 
     handle: str
-    path: Path
+    location: Path  # the artifact itself, or the folder an archive was unpacked into
     model: str | None
     entry: Path | None = None
     kind: str = "weights"
-    url: str | None = None  # the cache entry's URL, with ``entry``
+    url: str | None = None
+    unpacked: bool = False
+
+    @cached_property
+    def path(self) -> Path:
+        return find_artifact(self.location) if self.unpacked else self.location
 
 
 def resolve(handle: str | Path, *, offline: bool | None = None, progress: bool = False,
@@ -73,8 +80,8 @@ def resolve(handle: str | Path, *, offline: bool | None = None, progress: bool =
         if local.is_file() and archive_kind(local):
             folder = _cache.fetch_extracted(local.resolve().as_uri(), cache=cache,
                                             offline=offline, progress=progress, handle=text)
-            return Resolved(text, find_artifact(folder), _model_from_name(local.name),
-                            folder.parent, url=local.resolve().as_uri())
+            return Resolved(text, folder, _model_from_name(local.name), folder.parent,
+                            url=local.resolve().as_uri(), unpacked=True)
         return Resolved(text, local, None)
     artifact = resolve_handle(text)
     if artifact is None:
@@ -83,14 +90,15 @@ def resolve(handle: str | Path, *, offline: bool | None = None, progress: bool =
             "artifact, an http(s):// or file:// URL, or a TF Hub / Kaggle handle")
     file = _cache.fetch(artifact.url, sha256=artifact.sha256, cache=cache, offline=offline,
                         progress=progress, handle=text)
-    path = file
-    if archive_kind(file):
-        folder = (file.parent / _cache.EXTRACTED)
-        if not folder.is_dir():
-            folder = _cache.fetch_extracted(artifact.url, sha256=artifact.sha256, cache=cache,
-                                            offline=offline, progress=progress, handle=text)
-        path = find_artifact(folder)
-    return Resolved(text, path, artifact.model, file.parent, artifact.kind, artifact.url)
+    location, unpacked = file, bool(archive_kind(file))
+    if unpacked:
+        location = file.parent / _cache.EXTRACTED
+        if not location.is_dir():
+            location = _cache.fetch_extracted(artifact.url, sha256=artifact.sha256,
+                                              cache=cache, offline=offline, progress=progress,
+                                              handle=text)
+    return Resolved(text, location, artifact.model, file.parent, artifact.kind, artifact.url,
+                    unpacked)
 
 
 def load(handle: str | Path, trainable: bool = False, arguments: dict[str, Any] | None = None,
@@ -151,6 +159,8 @@ def find_artifact(folder: Path) -> Path:
         found.setdefault(fmt, []).append(candidate)
     for fmt in _PREFERENCE:
         paths = sorted(set(found.get(fmt, [])))
+        # A SavedModel's variables/ folder is a bundle too: keep the outermost of nested ones.
+        paths = [p for p in paths if not any(q != p and q in p.parents for q in paths)]
         if len(paths) == 1:
             return paths[0]
         if paths:

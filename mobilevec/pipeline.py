@@ -8,6 +8,7 @@ hand; SIGKILL loses at most the batch being written.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import logging
 import os
@@ -46,11 +47,18 @@ class RunSummary:
 
 
 def weights_sha256(weights: str | Path | None) -> str | None:
-    """sha256 of a weights file, or of a folder's (relative name, file sha256) list."""
+    """sha256 of a weights file, or of the (relative name, file sha256) list of a folder or
+    of a TF checkpoint prefix's files."""
     if weights is None:
         return None
     weights = Path(weights)
-    files = sorted(p for p in weights.rglob("*") if p.is_file()) if weights.is_dir() else [weights]
+    if weights.is_dir():
+        files = sorted(p for p in weights.rglob("*") if p.is_file())
+    elif not weights.exists():  # a TF checkpoint prefix: its .index and .data-* files
+        files = sorted(weights.parent.glob(glob.escape(weights.name) + ".*"))
+        weights = weights.parent
+    else:
+        files = [weights]
     outer = hashlib.sha256()
     for path in files:
         inner = hashlib.sha256()

@@ -20,7 +20,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from _http_server import LocalServer
 
 from mobilevec import _download, cache
 from mobilevec._archive import extract_archive
@@ -39,22 +38,6 @@ def entry_files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
-@pytest.fixture
-def server():
-    with LocalServer() as srv:
-        yield srv
-
-
-@pytest.fixture
-def cache_root(tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "cache"
-    monkeypatch.setenv("MOBILEVEC_CACHE", str(root))
-    monkeypatch.delenv("MOBILEVEC_OFFLINE", raising=False)
-    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
-                "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    return root
 
 
 # --- environment ---------------------------------------------------------------------

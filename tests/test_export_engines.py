@@ -345,15 +345,26 @@ def test_int8_export_stays_close_and_skips_broken_calibration_images(real_models
     props = {p.key: p.value for p in proto.metadata_props}
     assert props["mobilevec.precision"] == "int8"
     assert props["mobilevec.calibration_images"] == str(len(photos))
-    assert 0.95 < float(props["mobilevec.int8_cosine_mean"]) < 0.9999
+    assert float(props["mobilevec.int8_cosine_mean"]) < 0.9999
     assert any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
     flowers = calibration_paths(data_dir / "tf_flowers5", 16)
     x = np.stack([load_array(p, 224) for p in flowers])
     got = _session(proto).run(None, {"images": x})[0]
     ref = _torch(model, x)
     cosine = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
-    assert cosine.mean() > 0.95  # the full measurement (>= 0.99 goal) is in the benchmark
+    # The real V2 weights lose cosine ~0.977 when every block is int8 (their first
+    # inverted-residual block alone costs ~0.015): the export keeps such blocks in fp32.
+    kept = props["mobilevec.int8_fp32_blocks"].split(",")
+    assert kept and all(kept)
+    assert float(props["mobilevec.int8_cosine_mean"]) >= 0.985
+    assert cosine.mean() > 0.985  # on photos it was not calibrated on
     assert np.abs(got - ref).max() > 1e-3  # really quantized, not fp32 passed through
+    def block(node):
+        return node.name.split("/")[0]
+
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    float_weights = {block(n) for n in convs if not n.input[1].endswith("DequantizeLinear_Output")}
+    assert float_weights == set(kept), "exactly the kept blocks run fp32 weights"
 
 
 def test_int8_without_decodable_images_fails_clearly(real_models, tmp_path):
@@ -405,3 +416,27 @@ def test_cli_backends_lists_runtimes(capsys):
     assert main(["backends"]) == 0
     out = capsys.readouterr().out
     assert "onnxruntime" in out and "<- auto" in out
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch-fused"])
+def test_cli_embed_on_an_engine_gives_the_torch_vectors(tmp_path, data_dir, backend):
+    from mobilevec.vectorstore import read_store
+
+    weights = require(V3_TFLITE)
+    photos = sorted((data_dir / "imagenet-samples").glob("*.JPEG"))[:6]
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in photos:
+        (folder / p.name).symlink_to(p)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    outputs = {}
+    for name in ("torch", backend):
+        out = tmp_path / f"{name}.npy"
+        assert main(["embed", str(folder), "--model", V3, "--weights", str(weights), "-o",
+                     str(out), "--backend", name, "--quiet", "--workers", "0",
+                     "--batch-size", "4"]) == 3  # the broken file is reported, not fatal
+        stored = read_store(out)
+        outputs[name] = dict(zip(stored.paths, stored.vectors, strict=True))
+    assert sorted(outputs["torch"]) == sorted(outputs[backend]) and len(outputs["torch"]) == 6
+    for path, vector in outputs["torch"].items():
+        np.testing.assert_allclose(outputs[backend][path], vector, rtol=0, atol=TOL)

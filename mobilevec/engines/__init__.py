@@ -25,7 +25,8 @@ from pathlib import Path
 from .base import EXTRAS, Engine, MissingBackendError, physical_cores
 
 __all__ = ["AUTO_ORDER", "BACKENDS", "EXTRAS", "Engine", "MissingBackendError",
-           "available_backends", "create_engine", "load_engine", "physical_cores"]
+           "available_backends", "create_engine", "engine_from_model", "load_engine",
+           "physical_cores"]
 
 BACKENDS = ("torch-fused", "onnxruntime", "openvino", "litert")
 # Fastest first, fp32 batch 32 on the 2-core x86 benchmark machine (docs/benchmarks.md).
@@ -61,11 +62,24 @@ def create_engine(name: str, weights=None, backend: str = "auto", *,
     the pip extra when the runtime is not installed.
     """
     from ..api import create
-    from ..export import fuse
 
     backend = _resolve(backend)
     model = create(name, weights, trainable=False, ema=ema)
     source = weights if isinstance(weights, str | Path) else None
+    return engine_from_model(model, backend, image_size=image_size, threads=threads,
+                             source=source, **options)
+
+
+def engine_from_model(model, backend: str = "auto", *,
+                      image_size: int | tuple[int, int] | None = None,
+                      threads: int | None = None, source: str | Path | None = None,
+                      **options) -> Engine:
+    """An engine running the weights of ``model`` (a :class:`~mobilevec.model.MobileNet`,
+    e.g. from :func:`mobilevec.load`) on ``backend``; ``source`` is the artifact recorded in
+    the exported graph's metadata. Options as for :func:`create_engine`."""
+    from ..export import fuse
+
+    backend = _resolve(backend)
     if backend == "litert":
         from ..export import tflite_bytes
         from .litert_engine import LiteRtEngine, _interpreter_class
