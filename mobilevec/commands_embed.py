@@ -75,6 +75,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         print("error: no input images (give files, folders, globs or @list.txt)",
               file=sys.stderr)
         return EXIT_ERROR
+    embed = _embed_function(args, run_embed)
     model = model_from_args(args)
     fingerprint = model_fingerprint(model)  # of the weights as loaded, before any move
     weights = weights_source(args)
@@ -87,7 +88,6 @@ def cmd_embed(args: argparse.Namespace) -> int:
                          max_pixels=args.max_pixels or MAX_PIXELS)
     meta = store_meta(model, prep, normalize=args.normalize, half=args.half,
                       weights=weights, source=args.handle, fingerprint=fingerprint)
-    embed = _embed_function(args, run_embed)
     bar, update = _bar(len(sources.paths), "embed", args.quiet)
     try:
         summary = embed(runner, sources.paths, args.output, prep=prep, meta=meta,

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from test_embed_pipeline import V3, build_corpus, photo, weights  # noqa: F401 - fixture
+from test_embed_pipeline import V3, build_corpus, photo, weights  # noqa: F401 - a fixture
 
 import mobilevec
 from mobilevec.cli import main
@@ -23,6 +23,12 @@ from mobilevec.pipeline import run_embed, store_meta
 from mobilevec.vectorstore import StoreError, file_key, read_errors, read_store
 
 SIZE = 64  # small inputs: the comparisons do not need 224 pixels, the 2-core CI does
+
+
+@pytest.fixture(scope="module")
+def random_weights(weights):  # noqa: F811 - test_embed_pipeline's fixture, imported above
+    """Random V3 weights with data-set BatchNorm statistics, saved to a file."""
+    return weights
 
 
 @pytest.fixture(scope="module")
@@ -81,13 +87,13 @@ def test_ray_store_equals_the_local_runners_and_lists_exactly_the_bad_files(
 
 
 def test_rerun_skips_stored_files_and_embeds_new_and_changed_ones(ray_instance, tmp_path,
-                                                                  weights, capsys):  # noqa: F811
+                                                                  random_weights, capsys):
     folder = tmp_path / "in"
     folder.mkdir()
     for i in range(5):
         photo(folder / f"{i}.png", i)
     out = tmp_path / "v.parquet"
-    args = (folder, "--model", V3, "--weights", weights, "-o", out, "--size", SIZE,
+    args = (folder, "--model", V3, "--weights", random_weights, "-o", out, "--size", SIZE,
             "--batch-size", 2, "--runner", "ray")
     assert embed(*args) == 0
     before = stored(out)
@@ -106,13 +112,13 @@ def test_rerun_skips_stored_files_and_embeds_new_and_changed_ones(ray_instance, 
 
 
 def test_shards_a_killed_run_finished_are_kept_and_torn_ones_dropped(ray_instance, tmp_path,
-                                                                    weights):  # noqa: F811
+                                                                    random_weights):
     from mobilevec.ray_runner import STAGING, embed_dataset, run_ray_embed
 
     paths = [photo(tmp_path / f"{i}.png", i) for i in range(6)]
-    model = mobilevec.create(V3, weights=weights, trainable=False)
+    model = mobilevec.create(V3, weights=random_weights, trainable=False)
     prep = Preprocessing(size=(SIZE, SIZE))
-    meta = store_meta(model, prep, weights=weights)
+    meta = store_meta(model, prep, weights=random_weights)
     out = tmp_path / "v.parquet"
     assert run_embed(model, paths[:1], out, prep=prep, meta=meta, workers=0).ok == 1
     # What a run killed mid-write leaves: a shard written whole, and one cut short.
@@ -130,13 +136,13 @@ def test_shards_a_killed_run_finished_are_kept_and_torn_ones_dropped(ray_instanc
 
 
 def test_embed_dataset_gives_path_vector_rows_and_reports_failures(ray_instance, tmp_path,
-                                                                  weights):  # noqa: F811
+                                                                  random_weights):
     from mobilevec.ray_runner import FailureTally, embed_dataset
 
     paths = [photo(tmp_path / f"{i}.jpg", i) for i in range(3)]
     bad = tmp_path / "text.jpg"
     bad.write_text("not an image")
-    model = mobilevec.create(V3, weights=weights, trainable=False)
+    model = mobilevec.create(V3, weights=random_weights, trainable=False)
     prep = Preprocessing(size=(SIZE, SIZE))
     meta = store_meta(model, prep, normalize=True, half=True)
     tally = FailureTally()
@@ -158,11 +164,14 @@ def test_embed_dataset_gives_path_vector_rows_and_reports_failures(ray_instance,
     assert "not an image" in failures[0][1]
 
 
-def test_npy_output_is_refused_before_ray_starts(tmp_path, weights, capsys):  # noqa: F811
+def test_npy_output_and_engine_backends_are_refused_before_ray_starts(tmp_path, random_weights,
+                                                                     capsys):
     path = photo(tmp_path / "a.png", 0)
-    assert embed(path, "--model", V3, "--weights", weights, "-o", tmp_path / "v.npy",
-                 "--runner", "ray") == 1
+    model = ("--model", V3, "--weights", random_weights, "--runner", "ray")
+    assert embed(path, *model, "-o", tmp_path / "v.npy") == 1
     assert "use -o NAME.parquet" in capsys.readouterr().err
+    assert embed(path, *model, "-o", tmp_path / "v.parquet", "--backend", "onnxruntime") == 1
+    assert "torch backend only" in capsys.readouterr().err
 
 
 def test_missing_ray_is_a_clear_error(monkeypatch):
