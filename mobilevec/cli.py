@@ -104,7 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_model_required", False) and not (args.model or args.handle):
+        parser.error(f"{args.command}: name a model: --model NAME [--weights FILE|DIR], "
+                     "or --handle H")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
