@@ -139,14 +139,16 @@ def embed_dataset(files: ray.data.Dataset | Sequence[Key], model: torch.nn.Modul
     reported to ``tally`` as (path, reason) (and logged by the worker), never raised.
     """
     ray = require_ray()
-    if not isinstance(files, ray.data.Dataset):
-        files = ray.data.from_items([{"path": p, "size": s, "mtime_ns": m} for p, s, m in files],
-                                    override_num_blocks=max(1, -(-len(files) // batch_size)))
     gpu = next(model.parameters()).device.type == "cuda"
     if num_workers is None:
         resources = ray.cluster_resources()
         num_workers = max(1, int(resources.get("GPU", 0)) if gpu
                           else int(resources.get("CPU", 1) // cpus_per_worker))
+    if not isinstance(files, ray.data.Dataset):
+        # fewer files than a batch per worker: smaller batches, so that every worker has some
+        batch_size = max(1, min(batch_size, -(-len(files) // num_workers)))
+        files = ray.data.from_items([{"path": p, "size": s, "mtime_ns": m} for p, s, m in files],
+                                    override_num_blocks=max(1, -(-len(files) // batch_size)))
     # One copy in the object store, fetched once by each actor; on the CPU so that workers
     # without a GPU can read it too.
     model_ref = ray.put(copy.deepcopy(model).cpu())

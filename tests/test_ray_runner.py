@@ -124,7 +124,7 @@ def test_shards_a_killed_run_finished_are_kept_and_torn_ones_dropped(ray_instanc
     # What a run killed mid-write leaves: a shard written whole, and one cut short.
     staging = out / STAGING
     embed_dataset([file_key(p) for p in paths[1:4]], model, meta=meta, prep=prep,
-                  batch_size=8).write_parquet(str(staging / "killed"))
+                  num_workers=1).write_parquet(str(staging / "killed"))
     whole = sorted((staging / "killed").glob("*.parquet"))
     assert len(whole) == 1
     torn = staging / "killed" / "torn.parquet"
@@ -133,6 +133,32 @@ def test_shards_a_killed_run_finished_are_kept_and_torn_ones_dropped(ray_instanc
     assert (summary.skipped, summary.ok, summary.failed) == (4, 2, 0)  # the whole shard kept
     assert sorted(stored(out)) == sorted(map(str, paths))
     assert not staging.exists()
+
+
+def test_ctrl_c_during_the_write_keeps_the_shards_written_whole(ray_instance, tmp_path,
+                                                               random_weights, monkeypatch):
+    import ray.data
+
+    from mobilevec.ray_runner import run_ray_embed
+
+    paths = [photo(tmp_path / f"{i}.png", i) for i in range(4)]
+    bad = tmp_path / "empty.png"
+    bad.write_bytes(b"")
+    model = mobilevec.create(V3, weights=random_weights, trainable=False)
+    prep = Preprocessing(size=(SIZE, SIZE))
+    out = tmp_path / "v.parquet"
+    write = ray.data.Dataset.write_parquet
+
+    def write_then_ctrl_c(self, *args, **kwargs):  # Ctrl-C just as the last shard is done
+        write(self, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ray.data.Dataset, "write_parquet", write_then_ctrl_c)
+    summary = run_ray_embed(model, [*paths, bad], out, prep=prep,
+                            meta=store_meta(model, prep, weights=random_weights))
+    assert summary.interrupted and (summary.ok, summary.failed) == (4, 1)
+    assert sorted(stored(out)) == sorted(map(str, paths))
+    assert [p for p, _ in read_errors(out)] == [str(bad)]
 
 
 def test_embed_dataset_gives_path_vector_rows_and_reports_failures(ray_instance, tmp_path,
