@@ -238,7 +238,7 @@ def run_ray_embed(model: torch.nn.Module, paths: Sequence[Path], output: str | P
                 dataset = embed_dataset([keys[p] for p in todo], model, meta=meta, prep=prep,
                                         batch_size=batch_size, num_workers=num_workers,
                                         cpus_per_worker=cpus_per_worker, tally=tally)
-                with _reporting(tally, len(todo), progress):
+                with _Reporting(tally, len(todo), progress):
                     # writes take no CPU slot: the actors may hold them all, and vectors
                     # must leave the object store while they embed, not at the end
                     dataset.write_parquet(str(staging), min_rows_per_file=rows_per_file,
@@ -263,7 +263,7 @@ def run_ray_embed(model: torch.nn.Module, paths: Sequence[Path], output: str | P
     return summary
 
 
-class _reporting:
+class _Reporting:
     """While a write runs: poll the tally and call ``progress(done, total)``."""
 
     def __init__(self, tally: FailureTally, total: int,
@@ -277,7 +277,7 @@ class _reporting:
             with suppress(Exception):
                 self.progress(min(self.tally.state()[0], self.total), self.total)
 
-    def __enter__(self) -> _reporting:
+    def __enter__(self) -> _Reporting:
         if self.progress:
             self.thread.start()
         return self
