@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .embed import DEFAULT_BATCH_SIZE, Preprocessing, embed_batches, model_fingerprint
+from .errors import MobilevecError
 from .pipeline import RunSummary, _keys
 from .vectorstore import Key, StoreError, VectorStore, _ParquetParts, store_paths
 
@@ -197,7 +198,10 @@ def _connect(address: str | None, quiet: bool) -> bool:
     options: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": not quiet}
     if address is None:
         options["include_dashboard"] = False  # a local instance for this run only
-    ray.init(address=address, **options)
+    try:
+        ray.init(address=address, **options)
+    except ConnectionError as e:
+        raise MobilevecError(f"cannot join the Ray cluster at {address}: {e}") from None
     return True
 
 
@@ -219,6 +223,11 @@ def run_ray_embed(model: torch.nn.Module, paths: Sequence[Path], output: str | P
     if store_paths(output)[1] != "parquet":
         raise StoreError(f"{output}: the Ray runner writes Parquet shards; use -o NAME.parquet")
     ray = require_ray()
+    if address is not None and address.startswith("ray://"):
+        return _run_on_cluster(model, paths, output, address, prep=prep, meta=meta,
+                               batch_size=batch_size, num_workers=num_workers,
+                               cpus_per_worker=cpus_per_worker, missing=missing,
+                               rows_per_file=rows_per_file, quiet=quiet)
     summary = RunSummary()
     start = time.perf_counter()
     with VectorStore.open(output, meta) as store:
@@ -261,6 +270,26 @@ def run_ray_embed(model: torch.nn.Module, paths: Sequence[Path], output: str | P
             store.finish(merge=False)  # shards are large already; merging would re-read all
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _run_on_cluster(model: torch.nn.Module, paths: Sequence[Path], output: str | Path,
+                    address: str, **options) -> RunSummary:
+    """:func:`run_ray_embed` as a task on the cluster behind a Ray Client address.
+
+    Ray Data cannot drive its execution through Ray Client, so the whole run goes to the
+    cluster (taking no CPU slot) and only its summary comes back; no progress meanwhile.
+    """
+    ray = require_ray()
+    _connect(address, options["quiet"])
+    try:
+        run = ray.remote(num_cpus=0)(run_ray_embed).remote(model, paths, output, **options)
+        try:
+            return ray.get(run)
+        except KeyboardInterrupt:
+            ray.cancel(run)  # the task then commits the shards written whole, as for Ctrl-C
+            raise
+    finally:
+        ray.shutdown()
 
 
 class _Reporting:
