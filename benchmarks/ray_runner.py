@@ -85,7 +85,7 @@ def main() -> None:
                 times.append(s.seconds)
         torch.set_num_threads(threads)
         t = time.perf_counter()
-        ray.init(num_cpus=cores, include_dashboard=False, logging_level=logging.WARNING,
+        ray.init("local", num_cpus=cores, include_dashboard=False, logging_level=logging.WARNING,
                  log_to_driver=False)
         started = time.perf_counter() - t
         try:

@@ -196,8 +196,9 @@ def _connect(address: str | None, quiet: bool) -> bool:
     if ray.is_initialized():
         return False
     options: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": not quiet}
-    if address is None:
-        options["include_dashboard"] = False  # a local instance for this run only
+    if address is None:  # a new local instance for this run only, never a cluster that a
+        address = "local"  # `ray start` left running on this machine
+        options["include_dashboard"] = False
     try:
         ray.init(address=address, **options)
     except ConnectionError as e:

@@ -37,7 +37,7 @@ def ray_instance(tmp_path_factory):
                                             "'mobilevec[ray]' (CI installs it)")
     pytest.importorskip("ray.data", reason="Ray Data is not installed: pip install "
                                            "'mobilevec[ray]'")
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20,
+    ray.init("local", num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20,
              logging_level=logging.WARNING, log_to_driver=False)
     yield ray
     ray.shutdown()
