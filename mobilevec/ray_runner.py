@@ -216,9 +216,10 @@ def run_ray_embed(model: torch.nn.Module, paths: Sequence[Path], output: str | P
 
     ``output`` must be a ``.parquet`` store (created or resumed; files stored with the same
     path, size and mtime are skipped). ``address``: ``None`` starts a local Ray instance for
-    this call, ``"auto"`` or ``"ray://host:10001"`` joins a cluster (unless this process
-    has called ``ray.init`` already); the store folder must then be on storage every node
-    sees. ``rows_per_file``: least rows per shard. ``progress(done, total)`` is called about
+    this call, ``"auto"`` or ``"host:6379"`` joins a cluster (unless this process has called
+    ``ray.init`` already), ``"ray://host:10001"`` runs the whole call as a task on the
+    cluster behind that Ray Client address; the store folder must then be on storage every
+    node sees. ``rows_per_file``: least rows per shard. ``progress(done, total)`` is called about
     twice a second. Ctrl-C keeps every shard already written whole.
     """
     if store_paths(output)[1] != "parquet":
