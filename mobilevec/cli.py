@@ -16,7 +16,8 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 # Modules under mobilevec/ that add their own sub-commands: each defines
 # ``add_commands(subparsers)`` and keeps its heavy imports inside the command functions.
-_COMMAND_MODULES: list[str] = ["commands_embed", "commands_export", "commands_cache"]
+_COMMAND_MODULES: list[str] = ["commands_embed", "commands_export", "commands_cache",
+                               "commands_train"]
 
 
 def default_shared_dir(env: str, sub: str) -> Path:
