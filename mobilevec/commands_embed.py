@@ -75,6 +75,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         print("error: no input images (give files, folders, globs or @list.txt)",
               file=sys.stderr)
         return EXIT_ERROR
+    embed = _embed_function(args, run_embed)
     model = model_from_args(args)
     fingerprint = model_fingerprint(model)  # of the weights as loaded, before any move
     weights = weights_source(args)
@@ -89,9 +90,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
                       weights=weights, source=args.handle, fingerprint=fingerprint)
     bar, update = _bar(len(sources.paths), "embed", args.quiet)
     try:
-        summary = run_embed(runner, sources.paths, args.output, prep=prep, meta=meta,
-                            batch_size=args.batch_size, workers=args.workers,
-                            threads=args.threads, missing=sources.missing, progress=update)
+        summary = embed(runner, sources.paths, args.output, prep=prep, meta=meta,
+                        batch_size=args.batch_size, missing=sources.missing, progress=update)
     finally:
         if bar is not None:
             bar.close()
@@ -102,6 +102,21 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if summary.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_FAILED_FILES if summary.failed else EXIT_OK
+
+
+def _embed_function(args: argparse.Namespace, run_embed):
+    """``run_embed`` with the local decode options, or the Ray runner with its own."""
+    from functools import partial
+
+    if args.runner == "ray":
+        from .errors import MobilevecError
+        from .ray_runner import run_ray_embed
+
+        if args.backend != "torch":  # engines hold native sessions that Ray cannot ship
+            raise MobilevecError("--runner ray runs the torch backend only; drop --backend")
+        return partial(run_ray_embed, address=args.address, num_workers=args.num_workers,
+                       quiet=args.quiet)
+    return partial(run_embed, workers=args.workers, threads=args.threads)
 
 
 def _runner(model, backend: str, size: int, device: str, source: str | None):
@@ -249,6 +264,13 @@ def add_commands(subparsers) -> None:
     p.add_argument("--max-pixels", type=int, default=None,
                    help="refuse larger images before decoding (default: about 179 MP)")
     _add_decode_options(p)
+    p.add_argument("--runner", choices=("local", "ray"), default="local",
+                   help="local: this machine (default); ray: Ray Data actors, one model each "
+                        "(pip install 'mobilevec[ray]'; see docs/ray.md)")
+    p.add_argument("--address", help="with --runner ray: 'auto' or ray://HOST:10001 to join a "
+                                     "cluster (default: a local Ray instance for this run)")
+    p.add_argument("--num-workers", type=int,
+                   help="with --runner ray: model actors (default: one per CPU in the cluster)")
     p.set_defaults(func=cmd_embed)
 
     p = subparsers.add_parser(

@@ -355,10 +355,21 @@ class VectorStore:
             self.codec.write(self.root / f"part-{number:06d}{self.codec.suffix}", keys, vectors)
         self._next += 1
 
-    def finish(self) -> None:
-        """Merge this store's single-batch parts, write ``_errors.csv`` (and the npy export)."""
+    def adopt(self, part: Path) -> Path:
+        """Commit a finished part file written elsewhere in this store's folder (e.g. a Ray
+        shard with this store's columns) by renaming it into place as the next part."""
+        target = self.root / f"part-{self._next:06d}{self.codec.suffix}"
+        with open(part, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(part, target)
+        self._next += 1
+        return target
+
+    def finish(self, merge: bool = True) -> None:
+        """Merge this store's single-batch parts (unless not ``merge``: parts already large),
+        write ``_errors.csv`` (and the npy export)."""
         singles = [p for first, last, p in _parts(self.root, self.codec.suffix) if first == last]
-        if len(singles) > 1:
+        if merge and len(singles) > 1:
             first = _PART.match(singles[0].name).group(1)
             last = _PART.match(singles[-1].name).group(1)
             merged = self.root / f"part-{first}-{last}{self.codec.suffix}"
