@@ -15,8 +15,12 @@ from .runs import RunFolder
 from .train import Classifier
 
 
-def load_classifier(run_dir: str | Path) -> tuple[Classifier, dict]:
-    """The trained classifier of a run folder (eval mode) and its ``run.json`` spec."""
+def load_classifier(run_dir: str | Path, backend: str = "torch") -> tuple[Classifier, dict]:
+    """The trained classifier of a run folder (eval mode) and its ``run.json`` spec.
+
+    ``backend`` other than "torch" computes the backbone's features on that inference
+    engine (:mod:`mobilevec.engines`, at the run's input size); the head stays in torch.
+    """
     from .api import create
 
     run = RunFolder(Path(run_dir))
@@ -26,6 +30,12 @@ def load_classifier(run_dir: str | Path) -> tuple[Classifier, dict]:
     classifier = Classifier(backbone, len(spec["class_names"]), head.get("dropout", 0.0),
                             head.get("normalize_features", False),
                             head.get("flip_average", False), new_head=False)
+    if backend != "torch":
+        from .engines import engine_from_model
+
+        size = tuple(spec["preprocessing"]["size"])
+        classifier.feature_engine = engine_from_model(backbone, backend, image_size=size,
+                                                      source=run.model_path())
     return classifier.eval(), spec
 
 

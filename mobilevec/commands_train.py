@@ -119,7 +119,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .classify import classify_files, load_classifier, run_preprocessing
     from .sources import expand_inputs
 
-    classifier, spec = load_classifier(args.run)
+    classifier, spec = load_classifier(args.run, args.backend)
     classifier.to(args.device)
     sources = expand_inputs(args.inputs, args.from_file or ())
     if not sources.paths and not sources.missing:
@@ -159,7 +159,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .classify import evaluate_folder, load_classifier
     from .reports import format_table, report_dict, write_report
 
-    classifier, spec = load_classifier(args.run)
+    classifier, spec = load_classifier(args.run, args.backend)
     evaluation = evaluate_folder(classifier.to(args.device), spec, args.data_dir,
                                  batch_size=args.batch_size, workers=args.workers,
                                  threads=args.threads)

@@ -191,10 +191,17 @@ class Classifier(nn.Module):
                     m.eval()
         return self
 
+    # An inference engine running the backbone's weights (mobilevec.engines), used for the
+    # features outside training when set (``predict --backend``).
+    feature_engine = None
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        vectors = self.backbone.features(x)
+        backbone = self.backbone.features
+        if self.feature_engine is not None and not self.training:
+            backbone = self.feature_engine
+        vectors = backbone(x)
         if self.flip_average and not self.training:
-            vectors = (vectors + self.backbone.features(x.flip(-1))) * 0.5
+            vectors = (vectors + backbone(x.flip(-1))) * 0.5
         return vectors
 
     def head(self, vectors: torch.Tensor) -> torch.Tensor:

@@ -60,6 +60,19 @@ def test_frozen_run_folder_is_self_contained_and_predict_uses_it(tree, tmp_path,
     report = json.loads(capsys.readouterr().out)
     assert report["images"] == 18 and np.sum(report["confusion_matrix"]) == 18
 
+    # an inference engine computes the same probabilities
+    images = [str(p) for p in sorted(tree.rglob("*.png"))]
+    probabilities = {}
+    for backend in ("torch", "torch-fused"):
+        assert main(["predict", str(out), *images, "-k", "3", "--json", "--workers", "0",
+                     "--backend", backend]) == 0
+        rows = json.loads(capsys.readouterr().out)["predictions"]
+        probabilities[backend] = {(r["path"], t["class"]): t["probability"]
+                                  for r in rows for t in r["top"]}
+    assert probabilities["torch"].keys() == probabilities["torch-fused"].keys()
+    for key, p in probabilities["torch"].items():
+        assert abs(probabilities["torch-fused"][key] - p) < 1e-4, key
+
 
 def test_predict_reports_a_bad_image_and_still_predicts_the_others(tree, tmp_path, capsys):
     out = tmp_path / "run"
