@@ -7,11 +7,11 @@ rule); weights are quantized per output channel (int8, symmetric), activations p
 model that ONNX Runtime and OpenVINO both run in int8.
 
 Some blocks do not survive int8 (in the real V2 weights, the first inverted-residual block
-alone takes the mean cosine to fp32 from 0.99 to 0.976). After quantizing, the vectors are
+alone takes the mean cosine to fp32 from 0.99 to 0.977). After quantizing, the vectors are
 compared with fp32 on the first calibration images; while they stay below
-``target_cosine``, the block that costs the vectors most when it alone runs in int8 is kept
-in fp32 and the model quantized again, at most ``max_fp32_blocks`` times. Which blocks
-stayed fp32 is recorded in the metadata.
+``target_cosine`` (:data:`TARGET_COSINE`), the block that costs the vectors most when it
+alone runs in int8 is kept in fp32 and the model quantized again, at most
+``max_fp32_blocks`` times. Which blocks stayed fp32 is recorded in the metadata.
 """
 
 from __future__ import annotations
@@ -29,7 +29,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CALIBRATION_IMAGES = 300
 COSINE_WARNING = 0.99  # below this mean cosine to fp32 the export warns
-TARGET_COSINE = 0.99  # blocks are kept in fp32 until int8 vectors reach this (or the cap)
+# Blocks are kept in fp32 until int8 vectors reach this on the calibration images (or the
+# cap): 0.005 above the 0.99 goal, because photos the model was not calibrated on agree less
+# (real V2: 0.9910 on calibration images, 0.9888 on tf_flowers5 with one fp32 block).
+TARGET_COSINE = 0.995
 MAX_FP32_BLOCKS = 3
 _CALIBRATION_BATCH = 16
 _CHECK_IMAGES = 32
