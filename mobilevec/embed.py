@@ -271,9 +271,9 @@ def flush_denormals() -> None:
     the engines leave it: torch offers no way to read the previous setting back). It is
     per-thread CPU state that other code can reset, so it is set again before each batch.
 
-    The real V2 weights drive some channels into denormal activations, which x86 computes
-    about 13x slower; their values (< 1.2e-38) do not change a vector. The engines do the
-    same (``torch-fused``, ONNX Runtime's ``set_denormal_as_zero``).
+    Denormal activations (< 1.2e-38: they do not change a vector) are computed far slower
+    on x86; weights that produce many (randomly initialised nets) ran up to 150x slower.
+    The engines do the same (``torch-fused``, ONNX Runtime's ``set_denormal_as_zero``).
     """
     torch.set_flush_denormal(True)
 

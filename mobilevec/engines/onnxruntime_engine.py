@@ -38,7 +38,7 @@ def _session(model: bytes | str, threads: int):
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
-    # denormal activations (real V2 weights produce some) are slow on x86 and meaningless
+    # denormal activations are slow on x86 and change no vector
     options.add_session_config_entry("session.set_denormal_as_zero", "1")
     try:
         return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])

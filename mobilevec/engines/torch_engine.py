@@ -2,9 +2,9 @@
 
 Channels-last activations (oneDNN's fast layout for depthwise and 1×1 convolutions on
 x86), BatchNorm and scaling folded, ``torch.inference_mode``, denormals flushed to zero
-(the real V2 weights drive some channels into denormal floats, which x86 computes ~13x
-slower; flushing changes the vectors by far less than float32 rounding). Measured in
-``benchmarks/engines.py`` against the unfused module in the same layout.
+(x86 computes denormal floats far slower; weights whose activations are mostly denormal
+ran up to 150x slower, and flushing changes the vectors by far less than float32
+rounding). Measured in ``benchmarks/engines.py`` against the unfused module in the same layout.
 """
 
 from __future__ import annotations
