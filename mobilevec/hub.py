@@ -76,29 +76,28 @@ def resolve(handle: str | Path, *, offline: bool | None = None, progress: bool =
 
     text = str(handle)
     local = _local_path(text)
-    if local is not None:
-        if local.is_file() and archive_kind(local):
-            folder = _cache.fetch_extracted(local.resolve().as_uri(), cache=cache,
-                                            offline=offline, progress=progress, handle=text)
-            return Resolved(text, folder, _model_from_name(local.name), folder.parent,
-                            url=local.resolve().as_uri(), unpacked=True)
+    if local is not None and not (local.is_file() and archive_kind(local)):
         return Resolved(text, local, None)
-    artifact = resolve_handle(text)
-    if artifact is None:
-        raise MobilevecError(
-            f"{text!r} is not a file, directory, URL or handle mobilevec knows; give a local "
-            "artifact, an http(s):// or file:// URL, or a TF Hub / Kaggle handle")
-    file = _cache.fetch(artifact.url, sha256=artifact.sha256, cache=cache, offline=offline,
-                        progress=progress, handle=text)
+    if local is not None:  # a local archive: unpacked into the cache like a download
+        url, sha256, kind = local.resolve().as_uri(), None, "weights"
+        model = _model_from_name(local.name)
+    else:
+        artifact = resolve_handle(text)
+        if artifact is None:
+            raise MobilevecError(
+                f"{text!r} is not a file, directory, URL or handle mobilevec knows; give a "
+                "local artifact, an http(s):// or file:// URL, or a TF Hub / Kaggle handle")
+        url, sha256, model, kind = artifact.url, artifact.sha256, artifact.model, artifact.kind
+    # Warm: fetch and the unpacked folder need no lock and no network.
+    file = _cache.fetch(url, sha256=sha256, cache=cache, offline=offline, progress=progress,
+                        handle=text)
     location, unpacked = file, bool(archive_kind(file))
     if unpacked:
         location = file.parent / _cache.EXTRACTED
         if not location.is_dir():
-            location = _cache.fetch_extracted(artifact.url, sha256=artifact.sha256,
-                                              cache=cache, offline=offline, progress=progress,
-                                              handle=text)
-    return Resolved(text, location, artifact.model, file.parent, artifact.kind, artifact.url,
-                    unpacked)
+            location = _cache.fetch_extracted(url, sha256=sha256, cache=cache, offline=offline,
+                                              progress=progress, handle=text)
+    return Resolved(text, location, model, file.parent, kind, url, unpacked)
 
 
 def load(handle: str | Path, trainable: bool = False, arguments: dict[str, Any] | None = None,
