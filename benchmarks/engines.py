@@ -109,8 +109,9 @@ def _build(case: str, model_name: str, files: dict[str, str], threads: int):
         if case.endswith("int8"):
             from mobilevec.engines import load_engine
 
-            return load_engine(files["int8"], "openvino" if "-ov-" in case else "onnxruntime",
-                               threads=threads)
+            if "-ov-" in case:
+                return load_engine(files["int8-ov"], "openvino", threads=threads)
+            return load_engine(files["int8-ort"], "onnxruntime", threads=threads)
         options = {"precision": "bf16"} if case == "mv-ov-bf16" else {}
         return mobilevec.create(model_name, weights, backend=backend, threads=threads,
                                 **options)
@@ -224,20 +225,27 @@ def _peak_rss_mb() -> float:
 
 
 # --- the parent: prepare files, run cases, int8 quality, table ----------------------
-def _int8_files(model_name: str, tmp: Path) -> tuple[str, float]:
+def _int8_files(model_name: str, tmp: Path) -> tuple[dict[str, str], dict[str, float]]:
+    """The int8 exports of ``model_name``, each with its runtime's placement: ``.onnx``
+    (all-ops) for ONNX Runtime, OpenVINO IR (conv-inputs) for OpenVINO; and seconds each
+    export took."""
     import mobilevec
     from mobilevec.export import calibration_paths, export
 
     paths = calibration_paths(DATA / "imagenet-samples", 200) + \
         calibration_paths(DATA / "flowers5", 100)
     model = mobilevec.create(model_name, SEEDS[model_name], trainable=False)
-    start = time.perf_counter()
-    out = tmp / f"{model_name}_int8.onnx"
-    export(model, out, source=SEEDS[model_name], calibration=paths)
-    return str(out), time.perf_counter() - start
+    files, seconds = {}, {}
+    for key, out, fmt in (("int8-ort", tmp / f"{model_name}_int8.onnx", "onnx"),
+                          ("int8-ov", tmp / f"{model_name}_int8.xml", "openvino")):
+        start = time.perf_counter()
+        files[key] = str(export(model, out, fmt, source=SEEDS[model_name],
+                                calibration=paths)[0])
+        seconds[key] = time.perf_counter() - start
+    return files, seconds
 
 
-def _quality(model_name: str, int8_path: str) -> dict[str, dict]:
+def _quality(model_name: str, int8: dict[str, str]) -> dict[str, dict]:
     """Cosine int8 vs fp32 and leave-one-out 1-NN on tf_flowers5, per int8 engine."""
     import mobilevec
     from mobilevec.engines import load_engine
@@ -251,8 +259,8 @@ def _quality(model_name: str, int8_path: str) -> dict[str, dict]:
     ref = np.concatenate([fp32(x[i:i + BATCH]) for i in range(0, len(x), BATCH)])
     out = {"fp32": {"knn": leave_one_out_accuracy(ref, labels)}}
     candidates = {
-        "mv-ort-int8": lambda: load_engine(int8_path, "onnxruntime"),
-        "mv-ov-int8": lambda: load_engine(int8_path, "openvino"),
+        "mv-ort-int8": lambda: load_engine(int8["int8-ort"], "onnxruntime"),
+        "mv-ov-int8": lambda: load_engine(int8["int8-ov"], "openvino"),
         "mv-ov-bf16": lambda: mobilevec.create(model_name, SEEDS[model_name],
                                                backend="openvino", precision="bf16"),
     }
@@ -343,6 +351,8 @@ def main() -> int:
         print(json.dumps(run_case(args.case, args.model, json.loads(args.files), args.runs)))
         return 0
 
+    from mobilevec.export import exported_metadata
+
     load_before = os.getloadavg()
     print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} "
           f"{load_before[2]:.2f}", file=sys.stderr)
@@ -354,9 +364,17 @@ def main() -> int:
             files = {"plain": str(Path(tmp) / f"{model_name}_plain.onnx")}
             _plain_onnx(model_name, Path(files["plain"]))
             if not args.only or "int8" in args.only:
-                files["int8"], seconds = _int8_files(model_name, Path(tmp))
-                notes.append(f"{model_name}: int8 export with calibration took {seconds:.0f} s")
-                quality[model_name] = _quality(model_name, files["int8"])
+                int8, seconds = _int8_files(model_name, Path(tmp))
+                files.update(int8)
+                for key, what in (("int8-ort", "all-ops .onnx"),
+                                  ("int8-ov", "conv-inputs OpenVINO IR")):
+                    meta = exported_metadata(int8[key])
+                    notes.append(
+                        f"{model_name} int8 {what}: export with calibration took "
+                        f"{seconds[key]:.0f} s; fp32 blocks: "
+                        f"{meta.get('int8_fp32_blocks') or 'none'}; cosine on the 32 "
+                        f"held-out calibration photos {meta.get('int8_cosine_mean')}")
+                quality[model_name] = _quality(model_name, int8)
             results[model_name] = {}
             for case, label, _, _ in CASES:
                 if args.only and args.only not in case:
@@ -391,8 +409,10 @@ def main() -> int:
         "Peers run random weights (speed does not depend on values); mobilevec rows run the "
         "real weights. OpenVINO's default precision on this CPU (AMX) is bf16, so its "
         "default-settings peer row is bf16. int8 rows: QDQ calibrated on 300 photos "
-        "(200 imagenet-samples + 100 flowers5); cosine and leave-one-out 1-NN on the 191 "
-        "tf_flowers5 photos (fp32 1-NN in the onnxruntime row).",
+        "(200 imagenet-samples + 100 flowers5), each runtime's placement (ONNX Runtime: "
+        "all-ops `.onnx`; OpenVINO: conv-inputs IR with depthwise equalization and bias "
+        "correction); blocks kept fp32 are listed under the table; cosine and "
+        "leave-one-out 1-NN on the 191 tf_flowers5 photos (fp32 1-NN in the onnxruntime row).",
         "",
         *rows,
         "",

@@ -19,7 +19,7 @@ _SHOWN_ERRORS = 10
 def cmd_export(args: argparse.Namespace) -> int:
     from .cli_models import model_from_args, weights_source
     from .engines import MissingBackendError
-    from .export import calibration_paths, export
+    from .export import calibration_paths, default_int8_placement, export, exported_metadata
 
     if args.calibrate and not args.int8:
         print("error: --calibrate only applies with --int8", file=sys.stderr)
@@ -42,7 +42,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         written = export(model, args.output, args.format, nhwc=args.nhwc,
                          image_size=args.image_size, source=weights_source(args),
-                         calibration=calibration, skipped=skipped)
+                         calibration=calibration, skipped=skipped,
+                         int8_placement=args.int8_placement)
     except (MissingBackendError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
@@ -50,12 +51,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     if len(skipped) > _SHOWN_ERRORS:
         print(f"... and {len(skipped) - _SHOWN_ERRORS} more skipped", file=sys.stderr)
-    if args.int8 and args.format == "onnx":
-        import onnx
-
-        props = {p.key: p.value for p in onnx.load(str(written[0])).metadata_props}
-        cosine = float(props.get("mobilevec.int8_cosine_mean", "nan"))
-        print(f"int8 vs fp32 vectors on calibration images: mean cosine {cosine:.4f}"
+    if args.int8:
+        meta = exported_metadata(written[0])
+        cosine = float(meta.get("int8_cosine_mean", "nan"))
+        placement = args.int8_placement or default_int8_placement(args.format)
+        kept = meta.get("int8_fp32_blocks") or "none"
+        print(f"int8 ({placement} placement, fp32 blocks: {kept}) vs fp32 vectors on "
+              f"held-out calibration images: mean cosine {cosine:.4f}"
               + ("  WARNING: below 0.99, check accuracy before use" if cosine < 0.99 else ""))
     size = args.image_size or model.config.image_size
     nhwc = args.nhwc or args.format == "tflite"
@@ -96,6 +98,10 @@ def add_commands(subparsers) -> None:
                    help="post-training static int8 quantization (QDQ), needs --calibrate")
     p.add_argument("--calibrate", type=Path, metavar="DIR",
                    help="folder of representative photos for int8 calibration")
+    p.add_argument("--int8-placement", choices=("all-ops", "conv-inputs"),
+                   help="where int8 quantization goes: all-ops (ONNX Runtime's int8 "
+                        "kernels; default for onnx) or conv-inputs (OpenVINO's, with "
+                        "depthwise equalization and bias correction; default for openvino)")
     p.add_argument("--calibration-images", type=int, default=300, metavar="N",
                    help="use at most N calibration images, spread over the folder (300)")
     p.add_argument("--nhwc", action="store_true",

@@ -23,13 +23,14 @@ from typing import Literal
 
 from .fused import FusedNet, fuse
 from .metadata import build_metadata, source_sha256
-from .quantize import calibration_paths
+from .quantize import PLACEMENTS, Placement, calibration_paths
 
 log = logging.getLogger(__name__)
 
 Format = Literal["onnx", "openvino", "tflite"]
-__all__ = ["FusedNet", "calibration_paths", "export", "fuse", "onnx_model", "openvino_model",
-           "source_sha256", "tflite_bytes"]
+__all__ = ["PLACEMENTS", "FusedNet", "calibration_paths", "default_int8_placement", "export",
+           "exported_metadata", "fuse", "onnx_model", "openvino_model", "source_sha256",
+           "tflite_bytes"]
 
 
 def _require_onnx():
@@ -45,12 +46,14 @@ def _require_onnx():
 def onnx_model(model, *, nhwc: bool = False, image_size: int | tuple[int, int] | None = None,
                source: str | Path | None = None,
                calibration: Sequence[str | Path] | None = None,
-               skipped: list[tuple[Path, str]] | None = None):
+               skipped: list[tuple[Path, str]] | None = None,
+               int8_placement: Placement = "all-ops"):
     """The ``onnx.ModelProto`` of ``model`` (a :class:`~mobilevec.model.MobileNet`).
 
     ``source``: the weights artifact, hashed into the metadata. ``calibration``: image
     paths; when given the result is int8 (QDQ), calibrated on them (undecodable ones are
-    skipped and appended to ``skipped``).
+    skipped and appended to ``skipped``), with quantization placed for ONNX Runtime
+    (``all-ops``) or OpenVINO (``conv-inputs``), see :mod:`.quantize`.
     """
     _require_onnx()
     from .onnx_graph import to_onnx
@@ -62,7 +65,7 @@ def onnx_model(model, *, nhwc: bool = False, image_size: int | tuple[int, int] |
     if calibration is not None:
         from .quantize import quantize_int8
 
-        proto = quantize_int8(proto, calibration, skipped)
+        proto = quantize_int8(proto, calibration, skipped, placement=int8_placement)
     return proto
 
 
@@ -95,15 +98,37 @@ def tflite_bytes(model, *, image_size: int | tuple[int, int] | None = None,
                                          nhwc=True, source=source))
 
 
+def exported_metadata(path: str | Path) -> dict[str, str]:
+    """The mobilevec metadata (unprefixed keys) of an exported ``.onnx`` or OpenVINO
+    ``.xml`` file."""
+    path = Path(path)
+    if path.suffix == ".xml":
+        from ..engines.openvino_engine import _ov, read_rt_metadata
+
+        return read_rt_metadata(_ov().Core().read_model(str(path)))
+    from .metadata import parse_metadata
+
+    onnx = _require_onnx()
+    return parse_metadata({p.key: p.value for p in onnx.load(str(path)).metadata_props})
+
+
+def default_int8_placement(format: Format) -> Placement:
+    """The int8 placement whose kernels the format's runtime has (:mod:`.quantize`)."""
+    return "conv-inputs" if format == "openvino" else "all-ops"
+
+
 def export(model, path: str | Path, format: Format = "onnx", *, nhwc: bool = False,
            image_size: int | tuple[int, int] | None = None, source: str | Path | None = None,
            calibration: Sequence[str | Path] | None = None,
-           skipped: list[tuple[Path, str]] | None = None) -> list[Path]:
+           skipped: list[tuple[Path, str]] | None = None,
+           int8_placement: Placement | None = None) -> list[Path]:
     """Write ``model`` to ``path`` as ``format``; returns the files written.
 
     ``onnx``: one ``.onnx`` file (opset 17). ``openvino``: ``path`` with suffix ``.xml``
     and its ``.bin`` (fp32 weights, not compressed to fp16). ``tflite``: one float32
-    ``.tflite`` (NHWC; no int8). See :func:`onnx_model` for the other arguments.
+    ``.tflite`` (NHWC; no int8). ``int8_placement`` defaults to
+    :func:`default_int8_placement` of ``format``. See :func:`onnx_model` for the other
+    arguments.
     """
     path = Path(path)
     if format == "tflite":
@@ -115,7 +140,8 @@ def export(model, path: str | Path, format: Format = "onnx", *, nhwc: bool = Fal
         return [path]
     onnx = _require_onnx()
     proto = onnx_model(model, nhwc=nhwc, image_size=image_size, source=source,
-                       calibration=calibration, skipped=skipped)
+                       calibration=calibration, skipped=skipped,
+                       int8_placement=int8_placement or default_int8_placement(format))
     path.parent.mkdir(parents=True, exist_ok=True)
     if format == "onnx":
         onnx.save(proto, str(path))

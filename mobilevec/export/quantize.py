@@ -1,29 +1,43 @@
-"""int8 post-training static quantization of an exported ONNX model (ONNX Runtime, QDQ).
+"""int8 post-training static quantization of an exported ONNX model (QDQ).
 
 Activations are calibrated by running the fp32 model on real photos
 (:func:`calibration_images`: a few hundred images from a folder, decoded by the model's
 rule); weights are quantized per output channel (int8, symmetric), activations per tensor
-(uint8, asymmetric: the fast u8s8 path of x86 VNNI kernels). The result is a QDQ ONNX
-model that ONNX Runtime and OpenVINO both run in int8.
+(uint8, asymmetric: the fast u8s8 path of x86 VNNI kernels). Two placements of the
+quantize/dequantize pairs (:data:`PLACEMENTS`), one per runtime's int8 kernels:
 
-Some blocks do not survive int8 (in the real V2 weights, the first inverted-residual block
-alone takes the mean cosine to fp32 from 0.99 to 0.977). After quantizing, the vectors are
-compared with fp32 on the first calibration images; while they stay below
-``target_cosine`` (:data:`TARGET_COSINE`), the block that costs the vectors most when it
-alone runs in int8 is kept in fp32 and the model quantized again, at most
+- ``all-ops`` (ONNX Runtime's): every op's output is quantized, so that ONNX Runtime runs
+  ``QLinearConv`` chains in int8 end to end. The default for ``.onnx`` files.
+- ``conv-inputs`` (OpenVINO's, as NNCF places them): only convolution inputs and weights
+  are quantized; convolution outputs, activations, squeeze-excite and residual adds stay
+  float, and the convolutions over a pooled 1x1 map (squeeze-excite) stay fp32. OpenVINO
+  runs these as int8 convolutions with float outputs, fused with what follows (1.3-1.5x
+  the ``all-ops`` file's speed there; ONNX Runtime runs it slowly, through float
+  convolutions). Float convolution outputs allow two corrections that make MobileNetV3
+  survive int8: per-channel equalization of depthwise inputs (:mod:`.equalize`) and bias
+  correction (:mod:`.bias_correction`). The default for OpenVINO IR.
+
+Some blocks do not survive int8 (in the real V2 weights, with ``all-ops``, the first
+inverted-residual block alone takes the mean cosine to fp32 from 0.99 to 0.977). After
+quantizing, the vectors are compared with fp32 on held-out calibration images; while they
+stay below ``target_cosine`` (:data:`TARGET_COSINE`), the block that costs the vectors most
+when it alone runs in int8 is kept in fp32 and the model quantized again, at most
 ``max_fp32_blocks`` times. Which blocks stayed fp32 is recorded in the metadata.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from ..images import ImageError, load_array
+from .onnx_runs import session as _session
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +49,10 @@ COSINE_WARNING = 0.99  # below this mean cosine to fp32 the export warns
 TARGET_COSINE = 0.995
 MAX_FP32_BLOCKS = 3
 _CALIBRATION_BATCH = 16
-_CHECK_IMAGES = 32
+_CHECK_IMAGES = 32  # held out of calibration: the cosine is measured on photos not fitted
+
+Placement = Literal["all-ops", "conv-inputs"]
+PLACEMENTS: tuple[str, ...] = ("all-ops", "conv-inputs")
 
 
 def calibration_paths(folder: str | Path, limit: int = DEFAULT_CALIBRATION_IMAGES) -> list[Path]:
@@ -72,7 +89,7 @@ def calibration_images(paths: Sequence[str | Path], image_size: tuple[int, int],
         yield np.stack(batch)
 
 
-def _reader(batches: Sequence[np.ndarray], input_name: str, nhwc: bool):
+def _reader(batches: Sequence[np.ndarray], input_name: str):
     from onnxruntime.quantization import CalibrationDataReader
 
     class _Reader(CalibrationDataReader):
@@ -83,7 +100,7 @@ def _reader(batches: Sequence[np.ndarray], input_name: str, nhwc: bool):
             x = next(self._batches, None)
             if x is None:
                 return None
-            return {input_name: x.transpose(0, 2, 3, 1).copy() if nhwc else x}
+            return {input_name: x}
 
     return _Reader()
 
@@ -101,15 +118,6 @@ def _block_outputs(model) -> dict[str, str]:
         if node.op_type not in ("QuantizeLinear", "DequantizeLinear") and node.output:
             outputs[_block(node.name)] = node.output[0]
     return outputs
-
-
-def _session(model):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.set_denormal_as_zero", "1")
-    return ort.InferenceSession(model.SerializeToString(), options,
-                                providers=["CPUExecutionProvider"])
 
 
 def _extractor(model):
@@ -172,22 +180,38 @@ def _block_losses(fp32, int8, check: np.ndarray, kept: Sequence[str]) -> dict[st
     return losses
 
 
+def _split(batches: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Calibration batches and the held-out check images (up to :data:`_CHECK_IMAGES`, a
+    quarter at most, from the end)."""
+    images = np.concatenate(batches)
+    held = min(_CHECK_IMAGES, len(images) // 4)
+    if held == 0:  # too few to hold any out: check on the calibration images themselves
+        return batches, images
+    fit = images[:len(images) - held]
+    return ([fit[i:i + _CALIBRATION_BATCH] for i in range(0, len(fit), _CALIBRATION_BATCH)],
+            images[len(images) - held:])
+
+
 def quantize_int8(model, paths: Sequence[str | Path],
                   skipped: list[tuple[Path, str]] | None = None, *,
-                  target_cosine: float = TARGET_COSINE, max_fp32_blocks: int = MAX_FP32_BLOCKS):
+                  placement: Placement = "all-ops", target_cosine: float = TARGET_COSINE,
+                  max_fp32_blocks: int = MAX_FP32_BLOCKS):
     """The int8 (QDQ) ``onnx.ModelProto`` of an fp32 mobilevec ONNX model, calibrated on ``paths``.
 
     ``model`` must be one written by :func:`mobilevec.export.onnx_graph.to_onnx` (its
     metadata gives the input size and layout; it is copied to the result with
-    ``precision`` int8, ``int8_cosine_mean`` (the mean cosine between int8 and fp32
-    vectors on the first calibration images) and ``int8_fp32_blocks`` (blocks kept in fp32
-    to reach ``target_cosine``, see the module doc). Below :data:`COSINE_WARNING` a
-    warning is logged. Raises ``ValueError`` when no calibration image decodes.
+    ``precision`` int8, ``int8_placement``, ``int8_cosine_mean`` (the mean cosine between
+    int8 and fp32 vectors on held-out calibration images) and ``int8_fp32_blocks`` (blocks
+    kept in fp32 to reach ``target_cosine``, see the module doc). ``placement``: one of
+    :data:`PLACEMENTS`. Below :data:`COSINE_WARNING` a warning is logged. Raises
+    ``ValueError`` when no calibration image decodes.
     """
     import onnx
 
     from .metadata import PREFIX, parse_metadata
 
+    if placement not in PLACEMENTS:
+        raise ValueError(f"unknown int8 placement {placement!r}; use one of {PLACEMENTS}")
     props = {p.key: p.value for p in model.metadata_props}
     meta = parse_metadata(props)
     h, w = (int(v) for v in meta["image_size"].split(","))
@@ -196,31 +220,46 @@ def quantize_int8(model, paths: Sequence[str | Path],
     if not batches:
         raise ValueError("none of the calibration images could be decoded")
     decoded = sum(len(b) for b in batches)
-    check = np.concatenate(batches)[:_CHECK_IMAGES]
-    check = check.transpose(0, 2, 3, 1).copy() if nhwc else check
+    batches, check = _split(batches)
+    if nhwc:
+        batches = [b.transpose(0, 2, 3, 1).copy() for b in batches]
+        check = check.transpose(0, 2, 3, 1).copy()
+    # The graph that gets quantized: the same function as ``model``, rewritten so that
+    # int8 hurts less where the placement allows it.
+    source = model
+    if placement == "conv-inputs":
+        from .equalize import equalize_depthwise_inputs
+
+        source = equalize_depthwise_inputs(model, batches)
     kept: list[str] = []
     with tempfile.TemporaryDirectory(prefix="mobilevec-int8-") as tmp:
         src = Path(tmp) / "fp32.onnx"
-        onnx.save(model, src)
+        onnx.save(source, src)
         while True:
-            quantized = _quantize(src, Path(tmp) / "int8.onnx", batches, model, nhwc, kept)
+            quantized = _quantize(src, Path(tmp) / "int8.onnx", batches, source, kept,
+                                  placement)
+            if placement == "conv-inputs":
+                from .bias_correction import correct_biases
+
+                quantized = correct_biases(quantized, source, batches)
             cosine = _agreement(model, quantized, check)
-            log.info("int8 (fp32 blocks: %s): cosine to fp32 on %d images: mean %.4f",
+            log.info("int8 (fp32 blocks: %s): cosine to fp32 on %d held-out images: mean %.4f",
                      ", ".join(kept) or "none", len(check), cosine)
             if cosine >= target_cosine or len(kept) >= max_fp32_blocks:
                 break
-            losses = _block_losses(model, quantized, check, kept)
+            losses = _block_losses(source, quantized, check, kept)
             if not losses:
                 break
             kept.append(max(losses, key=losses.get))
             log.info("int8: keeping %s in fp32 (alone it costs %.4f of cosine)", kept[-1],
                      losses[kept[-1]])
     if cosine < COSINE_WARNING:
-        log.warning("int8 vectors differ from fp32 (mean cosine %.4f < %.2f on calibration "
-                    "images): check the accuracy you need before using this model",
-                    cosine, COSINE_WARNING)
+        log.warning("int8 vectors differ from fp32 (mean cosine %.4f < %.2f on held-out "
+                    "calibration images): check the accuracy you need before using this "
+                    "model", cosine, COSINE_WARNING)
     props[f"{PREFIX}precision"] = "int8"
     props[f"{PREFIX}calibration_images"] = str(decoded)
+    props[f"{PREFIX}int8_placement"] = placement
     props[f"{PREFIX}int8_cosine_mean"] = f"{cosine:.4f}"
     props[f"{PREFIX}int8_fp32_blocks"] = ",".join(kept)
     del quantized.metadata_props[:]
@@ -228,17 +267,39 @@ def quantize_int8(model, paths: Sequence[str | Path],
     return quantized
 
 
-def _quantize(src: Path, dst: Path, batches: Sequence[np.ndarray], model, nhwc: bool,
-              kept: Sequence[str]):
+def _quantize(src: Path, dst: Path, batches: Sequence[np.ndarray], model,
+              kept: Sequence[str], placement: Placement):
     """One static-quantization pass of ``src`` with the nodes of ``kept`` blocks in fp32."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     excluded = [n.name for n in model.graph.node if _block(n.name) in kept]
-    quantize_static(
-        str(src), str(dst), _reader(batches, model.graph.input[0].name, nhwc),
-        quant_format=QuantFormat.QDQ, per_channel=True,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded,
-        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+    options = {"WeightSymmetric": True, "ActivationSymmetric": False}
+    op_types = None  # every op ONNX Runtime can quantize
+    if placement == "conv-inputs":
+        op_types = ["Conv"]
+        options["OpTypesToExcludeOutputQuantization"] = ["Conv"]
+        excluded += [n.name for n in model.graph.node if "/squeeze_excite/" in n.name]
+    with _quiet_root_logger():
+        quantize_static(
+            str(src), str(dst), _reader(batches, model.graph.input[0].name),
+            quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded,
+            op_types_to_quantize=op_types, extra_options=options)
     return onnx.load(str(dst))
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """ONNX Runtime's quantizer logs advice ("consider pre-processing") on the root logger
+    at WARNING on every call; mobilevec's graphs need none of it (shapes are static)."""
+    def advice(record: logging.LogRecord) -> bool:
+        return "pre-process" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(advice)
+    try:
+        yield
+    finally:
+        root.removeFilter(advice)
