@@ -410,7 +410,7 @@ def main() -> int:
         "real weights. OpenVINO's default precision on this CPU (AMX) is bf16, so its "
         "default-settings peer row is bf16. int8 rows: QDQ calibrated on 300 photos "
         "(200 imagenet-samples + 100 flowers5), each runtime's placement (ONNX Runtime: "
-        "all-ops `.onnx`; OpenVINO: conv-inputs IR with depthwise equalization and bias "
+        "all-ops `.onnx`; OpenVINO: conv-inputs IR with per-channel equalization and bias "
         "correction); blocks kept fp32 are listed under the table; cosine and "
         "leave-one-out 1-NN on the 191 tf_flowers5 photos (fp32 1-NN in the onnxruntime row).",
         "",

@@ -101,7 +101,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--int8-placement", choices=("all-ops", "conv-inputs"),
                    help="where int8 quantization goes: all-ops (ONNX Runtime's int8 "
                         "kernels; default for onnx) or conv-inputs (OpenVINO's, with "
-                        "depthwise equalization and bias correction; default for openvino)")
+                        "per-channel equalization and bias correction; default for openvino)")
     p.add_argument("--calibration-images", type=int, default=300, metavar="N",
                    help="use at most N calibration images, spread over the folder (300)")
     p.add_argument("--nhwc", action="store_true",

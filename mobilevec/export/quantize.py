@@ -14,7 +14,7 @@ quantize/dequantize pairs (:data:`PLACEMENTS`), one per runtime's int8 kernels:
   runs these as int8 convolutions with float outputs, fused with what follows (1.3-1.5x
   the ``all-ops`` file's speed there; ONNX Runtime runs it slowly, through float
   convolutions). Float convolution outputs allow two corrections that make MobileNetV3
-  survive int8: per-channel equalization of depthwise inputs (:mod:`.equalize`) and bias
+  survive int8: per-channel equalization of convolution inputs (:mod:`.equalize`) and bias
   correction (:mod:`.bias_correction`). The default for OpenVINO IR.
 
 Some blocks do not survive int8 (in the real V2 weights, with ``all-ops``, the first
@@ -228,9 +228,9 @@ def quantize_int8(model, paths: Sequence[str | Path],
     # int8 hurts less where the placement allows it.
     source = model
     if placement == "conv-inputs":
-        from .equalize import equalize_depthwise_inputs
+        from .equalize import equalize_conv_inputs
 
-        source = equalize_depthwise_inputs(model, batches)
+        source = equalize_conv_inputs(model, batches)
     kept: list[str] = []
     with tempfile.TemporaryDirectory(prefix="mobilevec-int8-") as tmp:
         src = Path(tmp) / "fp32.onnx"
