@@ -372,7 +372,7 @@ def main() -> int:
                     notes.append(
                         f"{model_name} int8 {what}: export with calibration took "
                         f"{seconds[key]:.0f} s; fp32 blocks: "
-                        f"{meta.get('int8_fp32_blocks') or 'none'}; cosine on the 32 "
+                        f"{meta.get('int8_fp32_blocks') or 'none'}; cosine on the "
                         f"held-out calibration photos {meta.get('int8_cosine_mean')}")
                 quality[model_name] = _quality(model_name, int8)
             results[model_name] = {}
@@ -407,7 +407,7 @@ def main() -> int:
         "runs; load time is from building the engine to the first result; peak RSS of the "
         "case's process. × best peer: ratio to the fastest peer row of the same model. "
         "Peers run random weights (speed does not depend on values); mobilevec rows run the "
-        "real weights. OpenVINO's default precision on this CPU (AMX) is bf16, so its "
+        "real weights. OpenVINO's default precision on this CPU (avx512_bf16) is bf16, so its "
         "default-settings peer row is bf16. int8 rows: QDQ calibrated on 300 photos "
         "(200 imagenet-samples + 100 flowers5), each runtime's placement (ONNX Runtime: "
         "all-ops `.onnx`; OpenVINO: conv-inputs IR with per-channel equalization and bias "
