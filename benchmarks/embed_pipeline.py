@@ -41,6 +41,7 @@ from mobilevec.embed import (  # noqa: E402
     Preprocessing,
     decode_files,
     default_workers,
+    flush_denormals,
 )
 from mobilevec.pipeline import run_embed, store_meta  # noqa: E402
 
@@ -90,16 +91,20 @@ def decode_only(paths, prep, workers, threads) -> float:
 
 
 @torch.inference_mode()
-def model_only(model, count: int, size: tuple[int, int], batch_size: int) -> float:
-    """Batches start on the CPU, as in the pipeline, and vectors come back to it."""
+def model_only(model, count: int, batch: np.ndarray) -> float:
+    """The model on one batch of decoded corpus photos, run until ``count`` images, as the
+    pipeline runs it: batches start on the CPU, denormals flushed per batch (see
+    ``mobilevec.embed.flush_denormals``), vectors come back to the CPU."""
     device = next(model.parameters()).device
-    x = torch.rand(batch_size, 3, *size)
+    x = torch.from_numpy(batch)
+    flush_denormals()
     model(x.to(device)).cpu()  # warm-up
     start = time.perf_counter()
     done = 0
     while done < count:
-        model(x[:min(batch_size, count - done)].to(device)).cpu()
-        done += batch_size
+        flush_denormals()
+        model(x[:min(len(x), count - done)].to(device)).cpu()
+        done += len(x)
     return rate(count, time.perf_counter() - start)
 
 
@@ -164,7 +169,8 @@ def main() -> None:
         size = (model.config.image_size,) * 2
         prep = Preprocessing(size=size, draft=not args.exact_decode)
         decode = decode_only(paths, prep, args.workers, args.threads)
-        infer = model_only(model, len(paths), size, args.batch_size)
+        first = [a for _, a, _ in decode_files(paths[:args.batch_size], prep, workers=1)]
+        infer = model_only(model, len(paths), np.stack([a for a in first if a is not None]))
         runs = {}
         for prefetch in args.prefetch:
             runs[prefetch] = pipeline(model, paths, prep, args.workers, args.threads,

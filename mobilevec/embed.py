@@ -38,6 +38,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 64
+# Decode processes run at a lower priority: when inference is the slow stage, a decoder
+# that takes a core from one of torch's threads stalls the whole parallel region; niced,
+# decoders still get every idle cycle. Measured: +10-19 % pipeline img/s on 2 cores (V2).
+DECODE_NICENESS = 10
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _DIED = "the decoder process died on this file (codec crash or out of memory)"
 _FORK = "fork" in multiprocessing.get_all_start_methods()
@@ -154,6 +158,8 @@ def _decode_chunk_shared(key: int, slots: list[int], paths: list[Path],
 def _init_worker() -> None:
     # Ctrl-C is handled once, by the parent, which shuts the pool down.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with suppress(OSError, AttributeError):
+        os.nice(DECODE_NICENESS)
     # If the parent is killed (SIGKILL), take the workers along instead of orphaning them.
     if sys.platform.startswith("linux"):
         with suppress(OSError, AttributeError):

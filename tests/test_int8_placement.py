@@ -165,3 +165,35 @@ def test_openvino_int8_export_keeps_vectors_at_cosine_099(name, weights, most_fp
     cosine = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
     assert cosine.mean() >= 0.99, cosine.mean()
     assert np.abs(got - ref).max() > 1e-3  # really quantized
+
+
+# --- the CLI ----------------------------------------------------------------------------
+def test_cli_int8_placement_defaults_by_format_and_can_be_overridden(tmp_path, capsys):
+    from PIL import Image
+
+    from mobilevec.cli import main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(12):
+        pixels = rng.integers(0, 256, (48, 40, 3)).astype(np.uint8)
+        Image.fromarray(pixels).save(photos / f"{i}.png")
+    common = ["export", "--model", V3, "--image-size", str(SIZE), "--int8", "--calibrate",
+              str(photos)]
+    out = tmp_path / "v3.onnx"
+    assert main([*common, "-o", str(out)]) == 0
+    assert exported_metadata(out)["int8_placement"] == "all-ops"
+    assert "all-ops placement" in capsys.readouterr().out
+    assert main([*common, "--int8-placement", "conv-inputs", "-o", str(out)]) == 0
+    meta = exported_metadata(out)
+    assert meta["int8_placement"] == "conv-inputs"
+    printed = capsys.readouterr().out
+    assert "conv-inputs placement" in printed and meta["int8_cosine_mean"] in printed
+    # activations are quantized only where a convolution reads them
+    nodes = onnx.load(str(out)).graph.node
+    quantized = {n.output[0] for n in nodes if n.op_type == "QuantizeLinear"}
+    dequantized = {n.output[0] for n in nodes
+                   if n.op_type == "DequantizeLinear" and n.input[0] in quantized}
+    readers = [n for n in nodes if set(n.input) & dequantized]
+    assert readers and all(n.op_type == "Conv" for n in readers)
