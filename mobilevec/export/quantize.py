@@ -10,9 +10,11 @@ quantize/dequantize pairs (:data:`PLACEMENTS`), one per runtime's int8 kernels:
   ``QLinearConv`` chains in int8 end to end. The default for ``.onnx`` files.
 - ``conv-inputs`` (OpenVINO's, as NNCF places them): only convolution inputs and weights
   are quantized; convolution outputs, activations, squeeze-excite and residual adds stay
-  float, and the convolutions over a pooled 1x1 map (squeeze-excite) stay fp32. OpenVINO
-  runs these as int8 convolutions with float outputs, fused with what follows (1.3-1.5x
-  the ``all-ops`` file's speed there; ONNX Runtime runs it slowly, through float
+  float (a residual ``Add`` that reads a convolution's input reads the same rounded
+  tensor: giving it the float one costs 9 % of V2's speed for 0.0004 of cosine), and the
+  convolutions over a pooled 1x1 map (squeeze-excite) stay fp32. OpenVINO runs these as
+  int8 convolutions with float outputs, fused with what follows (1.3-1.5x the ``all-ops``
+  file's speed there; ONNX Runtime runs it slowly, through float
   convolutions). Float convolution outputs allow two corrections that make MobileNetV3
   survive int8: per-channel equalization of convolution inputs (:mod:`.equalize`) and bias
   correction (:mod:`.bias_correction`). The default for OpenVINO IR.
