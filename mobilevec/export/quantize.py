@@ -13,7 +13,7 @@ quantize/dequantize pairs (:data:`PLACEMENTS`), one per runtime's int8 kernels:
   float (a residual ``Add`` that reads a convolution's input reads the same rounded
   tensor: giving it the float one costs 9 % of V2's speed for 0.0004 of cosine), and the
   convolutions over a pooled 1x1 map (squeeze-excite) stay fp32. OpenVINO runs these as
-  int8 convolutions with float outputs, fused with what follows (1.3-1.5x the ``all-ops``
+  int8 convolutions with float outputs, fused with what follows (1.3-1.8x the ``all-ops``
   file's speed there; ONNX Runtime runs it slowly, through float
   convolutions). Float convolution outputs allow two corrections that make MobileNetV3
   survive int8: per-channel equalization of convolution inputs (:mod:`.equalize`) and bias
