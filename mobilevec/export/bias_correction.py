@@ -6,7 +6,7 @@ int8 convolution in graph order, the mean of its output per channel over the cal
 photos is measured in the int8 model (with the convolutions before it already corrected)
 and in the fp32 model; the difference is taken out of the convolution's int32 bias. Real
 weights: V2 1.0 all in int8 goes from cosine 0.974 to 0.995 against fp32, V3 Small 0.75
-(equalized, :mod:`.equalize`) from 0.94 to 0.98 (docs/benchmarks.md).
+(equalized, :mod:`.equalize`) from 0.94 to 0.97-0.98 (docs/benchmarks.md).
 
 This needs the convolutions' float outputs, i.e. the placement that quantizes convolution
 inputs only (``conv-inputs`` in :mod:`.quantize`).

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .fused import in_squeeze_excite
 from .onnx_runs import channel_abs_max, reduce_tensors
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def equalize_conv_inputs(model, batches: Sequence[np.ndarray],
         inits[name].CopyFrom(numpy_helper.from_array(array.astype(np.float32), name))
 
     def wanted(n) -> bool:
-        if n.op_type != "Conv" or n.input[0] not in producer or "squeeze_excite" in n.name:
+        if n.op_type != "Conv" or n.input[0] not in producer or in_squeeze_excite(n.name):
             return False
         kind = producer[n.input[0]].op_type
         if _group(n) > 1:

@@ -32,6 +32,12 @@ from ..specs import Activation, ResolvedBlock, ResolvedConv
 Pads = tuple[int, int, int, int]  # top, left, bottom, right
 
 
+def in_squeeze_excite(name: str) -> bool:
+    """Whether a layer or exported node belongs to a squeeze-excite gate: exporters name
+    them after the TF-Slim scopes (``expanded_conv_3/squeeze_excite/Conv/Conv2D``)."""
+    return "/squeeze_excite/" in name
+
+
 @dataclass(frozen=True)
 class FusedConv:
     """Convolution with bias and activation, BN already folded in.
