@@ -11,7 +11,7 @@ decode workers:
   images: flat when nothing grows with the number of images.
 
     python benchmarks/embed_pipeline.py [--images 1000] [--model mobilenet_v3_small_075_224]
-                                        [--weights FILE] [--workers N] [--rss]
+                                        [--weights FILE] [--workers N] [--backend B] [--rss]
 
 Re-run on a quiet machine for figures worth quoting: other processes' load shows up as
 lower and noisier rates (the script prints the load average it started with).
@@ -43,6 +43,7 @@ from mobilevec.embed import (  # noqa: E402
     default_workers,
     flush_denormals,
 )
+from mobilevec.engines import engine_from_model  # noqa: E402
 from mobilevec.pipeline import run_embed, store_meta  # noqa: E402
 
 DATA = Path(os.environ.get("MOBILEVEC_DATA_DIR", REPO.parent / "shared" / "data"))
@@ -92,10 +93,11 @@ def decode_only(paths, prep, workers, threads) -> float:
 
 @torch.inference_mode()
 def model_only(model, count: int, batch: np.ndarray) -> float:
-    """The model on one batch of decoded corpus photos, run until ``count`` images, as the
-    pipeline runs it: batches start on the CPU, denormals flushed per batch (see
-    ``mobilevec.embed.flush_denormals``), vectors come back to the CPU."""
-    device = next(model.parameters()).device
+    """The model (torch module or engine) on one batch of decoded corpus photos, run until
+    ``count`` images, as the pipeline runs it: batches start on the CPU, denormals flushed
+    per batch (see ``mobilevec.embed.flush_denormals``), vectors come back to the CPU."""
+    parameters = getattr(model, "parameters", None)
+    device = next(parameters()).device if parameters else "cpu"
     x = torch.from_numpy(batch)
     flush_denormals()
     model(x.to(device)).cpu()  # warm-up
@@ -108,10 +110,11 @@ def model_only(model, count: int, batch: np.ndarray) -> float:
     return rate(count, time.perf_counter() - start)
 
 
-def pipeline(model, paths, prep, workers, threads, batch_size, weights, out: Path,
+def pipeline(module, runner, paths, prep, workers, threads, batch_size, weights, out: Path,
              prefetch: int | None = None) -> float:
-    meta = store_meta(model, prep, weights=weights)
-    summary = run_embed(model, paths, out, prep=prep, meta=meta, batch_size=batch_size,
+    """``runner``: ``module`` itself or an engine running its weights."""
+    meta = store_meta(module, prep, weights=weights)
+    summary = run_embed(runner, paths, out, prep=prep, meta=meta, batch_size=batch_size,
                         workers=workers, threads=threads, prefetch=prefetch)
     assert summary.ok == len(paths), summary
     return rate(summary.ok, summary.seconds)
@@ -139,6 +142,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--threads", action="store_true", help="decode in threads")
     parser.add_argument("--device", default="cpu", help="torch device for the model")
+    parser.add_argument("--backend", default="torch",
+                        help="inference backend, as `mobilevec embed --backend` (torch, "
+                             "onnxruntime, openvino, ...)")
     parser.add_argument("--torch-threads", type=int, help="torch intra-op threads")
     parser.add_argument("--prefetch", type=int, nargs="+", default=[None],
                         help="files decoded ahead of the model (default: 4 batches); several "
@@ -165,19 +171,22 @@ def main() -> None:
         megapixels = np.mean([np.prod(Image.open(p).size) for p in paths]) / 1e6
         print(f"corpus: {len(paths)} JPEGs, mean {megapixels:.2f} MP, made in "
               f"{time.perf_counter() - t:.0f} s")
-        model = create(args.model, weights=weights, trainable=False).to(args.device)
-        size = (model.config.image_size,) * 2
+        module = create(args.model, weights=weights, trainable=False).to(args.device)
+        size = (module.config.image_size,) * 2
+        runner = (module if args.backend == "torch"
+                  else engine_from_model(module, args.backend, source=weights))
         prep = Preprocessing(size=size, draft=not args.exact_decode)
         decode = decode_only(paths, prep, args.workers, args.threads)
         first = [a for _, a, _ in decode_files(paths[:args.batch_size], prep, workers=1)]
-        infer = model_only(model, len(paths), np.stack([a for a in first if a is not None]))
+        infer = model_only(runner, len(paths), np.stack([a for a in first if a is not None]))
         runs = {}
         for prefetch in args.prefetch:
-            runs[prefetch] = pipeline(model, paths, prep, args.workers, args.threads,
+            runs[prefetch] = pipeline(module, runner, paths, prep, args.workers, args.threads,
                                       args.batch_size, weights, tmp / f"v{prefetch}.parquet",
                                       prefetch)
         bound = 1 / (1 / decode + 1 / infer)
-        print(f"\n{args.model} on {args.device}, {len(paths)} images, batch "
+        where = args.device if args.backend == "torch" else f"{args.backend} (CPU)"
+        print(f"\n{args.model} on {where}, {len(paths)} images, batch "
               f"{args.batch_size}, draft {'off' if args.exact_decode else 'on'}, "
               f"{args.workers} decode {'threads' if args.threads else 'processes'}")
         print("| measure | img/s | vs min(decode, model) |\n|---|---:|---:|")

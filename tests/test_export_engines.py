@@ -81,17 +81,20 @@ def test_folded_network_computes_the_module_in_float64(name):
 
 
 @pytest.mark.parametrize("name", [V2, V3])
-def test_first_conv_pads_with_half_so_the_scaling_fold_is_exact_at_the_border(real_models,
-                                                                               name):
-    """TF pads the *scaled* image with 0 (= input 0.5): zero-padding the unscaled input
-    would be wrong at the bottom/right border, which constant images expose."""
+def test_first_conv_centres_its_input_so_the_scaling_fold_is_exact_at_the_border(
+        real_models, name):
+    """TF pads the *scaled* image with 0 (= input 0.5): folding the scaling into weights
+    and bias alone, with zero pads of the unscaled input, is right inside the image and
+    wrong at the bottom/right border, which constant images expose."""
     model = real_models[name]
     net = fuse(model)
     first = net.layers[0]
-    assert isinstance(first, FusedConv) and first.pad_value == 0.5
+    assert isinstance(first, FusedConv) and first.input_offset == -0.5
     assert first.pads == (0, 0, 1, 1)  # 224 -> 112 with a 3x3 stride-2 'SAME' conv
-    wrong = dataclasses.replace(net, layers=(dataclasses.replace(first, pad_value=0.0),
-                                             *net.layers[1:]))
+    # 2w(x - 0.5) + b == 2w x + (b - Σw) away from the pads
+    uncentred = dataclasses.replace(first, input_offset=0.0,
+                                    bias=first.bias - 0.5 * first.weight.sum(axis=(1, 2, 3)))
+    wrong = dataclasses.replace(net, layers=(uncentred, *net.layers[1:]))
     for value in (0.0, 1.0):
         x = np.full((1, 3, 224, 224), value, np.float32)
         reference = _torch(model, x, torch.float64)
@@ -129,10 +132,11 @@ def test_onnx_graph_has_static_pads_no_batch_norm_and_a_dynamic_batch(real_model
     assert proto.opset_import[0].version >= 17
     ops = [n.op_type for n in proto.graph.node]
     assert "BatchNormalization" not in ops and "Sub" not in ops
-    assert ops.count("Pad") == 1  # only the 0.5 pad of the first conv, constant pads
-    pad = next(n for n in proto.graph.node if n.op_type == "Pad")
-    constants = {i.name for i in proto.graph.initializer}
-    assert all(name in constants for name in pad.input[1:])
+    assert "Pad" not in ops  # every pad is a Conv attribute
+    first = proto.graph.node[0]  # the folded scaling's -0.5, a constant
+    constants = {i.name: i for i in proto.graph.initializer}
+    assert first.op_type == "Add" and proto.graph.node[1].op_type == "Conv"
+    assert onnx.numpy_helper.to_array(constants[first.input[1]]) == np.float32(-0.5)
     strided = [n for n in proto.graph.node if n.op_type == "Conv"
                and next(a for a in n.attribute if a.name == "strides").ints[0] == 2]
     assert strided and all(next(a for a in n.attribute if a.name == "pads").ints
@@ -306,11 +310,10 @@ def test_tflite_export_uses_builtin_ops_and_carries_metadata(real_models):
     codes = {graph.OperatorCodes(i).BuiltinCode() for i in range(graph.OperatorCodesLength())}
     ops = tflite.BuiltinOperator
     assert codes == {ops.CONV_2D, ops.DEPTHWISE_CONV_2D, ops.HARD_SWISH, ops.MEAN, ops.MUL,
-                     ops.ADD, ops.RESHAPE, ops.PADV2}
+                     ops.ADD, ops.RESHAPE}  # no PAD: TFLite's SAME is TF's
     sub = graph.Subgraphs(0)
-    pads = [i for i in range(sub.OperatorsLength())
-            if graph.OperatorCodes(sub.Operators(i).OpcodeIndex()).BuiltinCode() == ops.PADV2]
-    assert pads == [0]  # only the first conv's 0.5 pad
+    first = graph.OperatorCodes(sub.Operators(0).OpcodeIndex()).BuiltinCode()
+    assert first == ops.ADD  # the folded scaling's -0.5
     assert list(sub.Tensors(sub.Inputs(0)).ShapeSignatureAsNumpy()) == [-1, 224, 224, 3]
     meta = read_tflite_metadata(data)
     assert meta["model"] == V3 and meta["layout"] == "NHWC"

@@ -2,8 +2,8 @@
 
 The graph is built node by node from the folded layers, not traced: every ``Conv``
 carries static asymmetric ``pads`` (TF 'SAME' at the export size, no runtime ``Pad``
-shape arithmetic); the first convolution is preceded by one constant ``Pad`` holding 0.5
-(the folded [0, 1] → [-1, 1] scaling, see :mod:`mobilevec.export.fused`). The batch
+shape arithmetic, no ``Pad`` node); the first convolution is preceded by one ``Add`` of
+-0.5 (the folded [0, 1] → [-1, 1] scaling, see :mod:`mobilevec.export.fused`). The batch
 dimension is dynamic (``batch``); height and width are fixed. With ``nhwc=True`` the input
 is ``(N, H, W, 3)`` and one ``Transpose`` starts the graph.
 """
@@ -50,17 +50,12 @@ class _GraphBuilder:
         raise ValueError(f"unknown activation {act!r}")
 
     def conv(self, x: str, c: FusedConv) -> str:
-        pads = list(c.pads)
-        if c.pad_value != 0.0 and any(pads):
-            t, left, b, r = pads
-            pad_spec = self.const(f"{c.name}/pads", np.array([0, 0, t, left, 0, 0, b, r],
-                                                             np.int64))
-            value = self.const(f"{c.name}/pad_value", np.array(c.pad_value, np.float32))
-            x = self.node("Pad", [x, pad_spec, value], f"{c.name}/Pad", mode="constant")
-            pads = [0, 0, 0, 0]
+        if c.input_offset:
+            offset = self.const(f"{c.name}/offset", np.array(c.input_offset, np.float32))
+            x = self.node("Add", [x, offset], f"{c.name}/input_offset")
         w = self.const(f"{c.name}/weights", c.weight)
         b = self.const(f"{c.name}/biases", c.bias)
-        top, left, bottom, right = pads
+        top, left, bottom, right = c.pads
         y = self.node("Conv", [x, w, b], f"{c.name}/Conv2D", group=c.groups,
                       kernel_shape=[c.kernel, c.kernel], strides=[c.stride, c.stride],
                       pads=[top, left, bottom, right], dilations=[1, 1])

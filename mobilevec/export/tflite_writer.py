@@ -5,8 +5,8 @@ TensorFlow, no converter). The graph uses only builtin ops that LiteRT's XNNPACK
 runs: ``CONV_2D`` / ``DEPTHWISE_CONV_2D`` with TF 'SAME' padding (TFLite's own SAME rule
 is TF's, so the fixed pads of the fused net need no ``PAD``), fused ReLU / ReLU6,
 ``HARD_SWISH``, ``MEAN`` (squeeze-excite and global pool), ``MUL``, ``ADD``, ``RESHAPE``.
-The first convolution keeps one ``PADV2`` holding 0.5 (the folded input scaling, see
-:mod:`mobilevec.export.fused`) and a ``VALID`` convolution.
+The first convolution is preceded by one ``ADD`` of -0.5 (the folded input scaling, see
+:mod:`mobilevec.export.fused`).
 
 Input ``images`` float32 ``(N, H, W, 3)`` in [0, 1] (batch resizable: shape signature
 ``[-1, H, W, 3]``), output ``features`` float32 ``(N, D)``. The metadata block is stored as
@@ -82,21 +82,13 @@ class _Graph:
     def conv(self, x: int, c: FusedConv, size: tuple[int, int]) -> tuple[int, tuple[int, int]]:
         """Convolution on ``x`` of spatial ``size``; returns its output tensor and size."""
         h, w = size
-        padding = tflite.Padding.SAME
-        if c.pad_value != 0.0 and any(c.pads):
-            t, left, b, r = c.pads
-            pads = self.tensor(f"{c.name}/pads", [4, 2],
-                               np.array([[0, 0], [t, b], [left, r], [0, 0]], np.int32),
-                               tflite.TensorType.INT32)
-            value = self.tensor(f"{c.name}/pad_value", [],
-                                np.array(c.pad_value, np.float32))
-            h, w = h + t + b, w + left + r
-            padded = self.tensor(f"{c.name}/Pad", [-1, h, w, c.weight.shape[1] * c.groups])
-            self.op(_OPS.PADV2, [x, pads, value], [padded])
-            x, padding = padded, tflite.Padding.VALID
-            out = ((h - c.kernel) // c.stride + 1, (w - c.kernel) // c.stride + 1)
-        else:
-            out = (-(-h // c.stride), -(-w // c.stride))
+        if c.input_offset:
+            offset = self.tensor(f"{c.name}/offset", [], np.array(c.input_offset, np.float32))
+            channels = c.weight.shape[1] * c.groups
+            shifted = self.tensor(f"{c.name}/input_offset", [-1, h, w, channels])
+            self.op(_OPS.ADD, [x, offset], [shifted], (_OPTIONS.AddOptions, {}))
+            x = shifted
+        out = (-(-h // c.stride), -(-w // c.stride))  # TFLite's SAME is TF's: c.pads
         depthwise = c.groups > 1
         # TFLite kernels: CONV_2D OHWI, DEPTHWISE_CONV_2D 1HWC
         kernel = (c.weight.transpose(1, 2, 3, 0) if depthwise
@@ -106,7 +98,7 @@ class _Graph:
         shape = [-1, *out, c.out_channels]
         y = self.tensor(f"{c.name}/Conv2D", shape)
         fused, result = _FUSED_ACT.get(c.act, tflite.ActivationFunctionType.NONE), y
-        common = {"padding": padding, "stride": c.stride, "act": fused}
+        common = {"padding": tflite.Padding.SAME, "stride": c.stride, "act": fused}
         if depthwise:
             self.op(_OPS.DEPTHWISE_CONV_2D, [x, wt, bt], [y],
                     (_OPTIONS.DepthwiseConv2DOptions, common))

@@ -20,19 +20,21 @@ class _Conv(nn.Module):
     def __init__(self, c: FusedConv):
         super().__init__()
         top, left, bottom, right = c.pads
-        symmetric = top == bottom and left == right and c.pad_value == 0.0
+        symmetric = top == bottom and left == right
         self.conv = nn.Conv2d(c.weight.shape[1] * c.groups, c.out_channels, c.kernel,
                               c.stride, padding=(top, left) if symmetric else 0,
                               groups=c.groups)
         self.conv.weight.data = torch.from_numpy(c.weight.copy())
         self.conv.bias.data = torch.from_numpy(c.bias.copy())
         self.pad = None if symmetric else (left, right, top, bottom)
-        self.pad_value = c.pad_value
+        self.input_offset = c.input_offset
         self.act = make_activation(c.act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_offset:
+            x = x + self.input_offset
         if self.pad is not None:
-            x = F.pad(x, self.pad, value=self.pad_value)
+            x = F.pad(x, self.pad)
         return self.act(self.conv(x))
 
 
