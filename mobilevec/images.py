@@ -96,7 +96,9 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
         # RGBA keeps the palette colour of transparent entries; dropping alpha then matches
         # libpng's palette expansion followed by png_set_strip_alpha.
         image = image.convert("RGBA")
-    return np.array(image.convert("RGB"))  # drops alpha; L/1 repeated; CMYK as documented
+    if mode != "RGB":  # convert() of an RGB image would only copy it
+        image = image.convert("RGB")  # drops alpha; L/1 repeated; CMYK as documented
+    return np.array(image)
 
 
 def _refuse_large(path: str | Path, image: Image.Image, max_pixels: int) -> None:
@@ -105,10 +107,10 @@ def _refuse_large(path: str | Path, image: Image.Image, max_pixels: int) -> None
                                f"pixels exceeds the limit of {max_pixels} (decompression bomb?)")
 
 
-def _draft(image: Image.Image, draft_to: tuple[int, int]) -> None:
+def _draft(image: Image.Image, draft_to: tuple[int, int], orientation: int | None) -> None:
     """Let libjpeg decode at 1/2, 1/4, 1/8 scale, keeping >= ``draft_to`` (H, W) per axis."""
     height, width = draft_to
-    if image.getexif().get(_ORIENTATION) in _SWAPS_AXES:
+    if orientation in _SWAPS_AXES:
         height, width = width, height  # the stored image is rotated by 90 degrees
     image.draft(image.mode, (width, height))
 
@@ -128,9 +130,11 @@ def load_rgb(path: str | Path, *, draft_to: tuple[int, int] | None = None,
             with Image.open(path) as image:
                 _refuse_large(path, image, max_pixels)
                 image.seek(0)
+                orientation = image.getexif().get(_ORIENTATION)
                 if draft_to is not None and image.format == "JPEG":
-                    _draft(image, draft_to)
-                image = ImageOps.exif_transpose(image)
+                    _draft(image, draft_to, orientation)
+                if orientation not in (None, 1):  # else exif_transpose would only copy
+                    image = ImageOps.exif_transpose(image)
                 return _to_rgb(image)
     except ImageError:
         raise
@@ -178,29 +182,27 @@ def resize_array(image: np.ndarray, size: Size = 224, crop: Crop = "none") -> np
     (inner_h, inner_w), (top, left) = _window(image.shape[:2], size, crop)
     y0, y1, fy = _source_axis(image.shape[0], inner_h, top, height)
     x0, x1, fx = _source_axis(image.shape[1], inner_w, left, width)
-    pixels = image.reshape(image.shape[0] * image.shape[1], -1)
+    # only the needed source rows (upper-neighbour rows after lower-neighbour rows), channels
+    # first: the cost follows the output size, and the result needs no final transpose
+    rows = np.ascontiguousarray(image[np.concatenate([y0, y1])].transpose(2, 0, 1))
 
-    def corner(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-        # gather the needed pixels first, convert second: the cost follows the output size
-        index = (ys[:, None] * image.shape[1] + xs[None, :]).ravel()
-        picked = np.take(pixels, index, axis=0).reshape(len(ys), len(xs), -1)
-        return picked * _TO_UNIT if picked.dtype == np.uint8 else picked.astype(np.float32)
+    def column(xs: np.ndarray) -> np.ndarray:
+        picked = np.take(rows, xs, axis=2).astype(np.float32)
+        if rows.dtype == np.uint8:
+            picked *= _TO_UNIT
+        return picked
 
-    # TF's compute_lerp, in place: top = tl + (tr - tl) * fx; bottom likewise;
-    # out = top + (bottom - top) * fy
-    fx = fx[None, :, None]
-    top_row, right = corner(y0, x0), corner(y0, x1)
-    right -= top_row
+    # TF's compute_lerp, in place: top = tl + (tr - tl) * fx and bottom likewise (both
+    # rows at once); out = top + (bottom - top) * fy
+    lerped, right = column(x0), column(x1)
+    right -= lerped
     right *= fx
-    top_row += right
-    bottom_row, right = corner(y1, x0), corner(y1, x1)
-    right -= bottom_row
-    right *= fx
-    bottom_row += right
+    lerped += right
+    top_row, bottom_row = lerped[:, :height], lerped[:, height:]
     bottom_row -= top_row
-    bottom_row *= fy[:, None, None]
+    bottom_row *= fy[:, None]
     top_row += bottom_row
-    return np.ascontiguousarray(top_row.transpose(2, 0, 1), dtype=np.float32)
+    return np.ascontiguousarray(top_row)
 
 
 def resize(images: torch.Tensor, size: Size, crop: Crop = "none") -> torch.Tensor:
