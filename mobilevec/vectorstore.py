@@ -126,6 +126,10 @@ def _read_csv(path: Path) -> list[list[str]]:
 # --- part formats ------------------------------------------------------------------------
 class _ParquetParts:
     suffix = ".parquet"
+    # Dictionary pages only where values repeat: on vectors and paths Arrow builds a
+    # dictionary, finds no repeats and falls back, which made a 64-row part 9x slower to
+    # write (3.9 vs 0.44 ms) and 1.5x larger.
+    DICTIONARY_COLUMNS = ["model"]
 
     def __init__(self, dim: int, dtype: str, meta: dict):
         self.pa, self.pq = _require_pyarrow()
@@ -152,11 +156,12 @@ class _ParquetParts:
     def write(self, target: Path, keys: Sequence[Key], vectors: np.ndarray) -> None:
         table = self._table(keys, vectors)
         _atomic_write(target, lambda tmp: self.pq.write_table(
-            table, tmp, row_group_size=ROW_GROUP_ROWS))
+            table, tmp, row_group_size=ROW_GROUP_ROWS, use_dictionary=self.DICTIONARY_COLUMNS))
 
     def write_merged(self, target: Path, sources: list[Path]) -> None:
         def write(tmp: Path) -> None:
-            with self.pq.ParquetWriter(tmp, self.schema) as writer:
+            with self.pq.ParquetWriter(tmp, self.schema,
+                                       use_dictionary=self.DICTIONARY_COLUMNS) as writer:
                 pending, rows = [], 0
                 for source in sources:
                     table = self.pq.read_table(source).cast(self.schema)
