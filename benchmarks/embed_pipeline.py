@@ -149,6 +149,8 @@ def main() -> None:
     parser.add_argument("--prefetch", type=int, nargs="+", default=[None],
                         help="files decoded ahead of the model (default: 4 batches); several "
                              "values: one pipeline run each")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="measure decode, model and pipeline this many times, alternating")
     parser.add_argument("--corpus", type=Path,
                         help="make the corpus in (or reuse it from) this folder")
     parser.add_argument("--exact-decode", action="store_true", help="no JPEG draft mode")
@@ -176,26 +178,37 @@ def main() -> None:
         runner = (module if args.backend == "torch"
                   else engine_from_model(module, args.backend, source=weights))
         prep = Preprocessing(size=size, draft=not args.exact_decode)
-        decode = decode_only(paths, prep, args.workers, args.threads)
         first = [a for _, a, _ in decode_files(paths[:args.batch_size], prep, workers=1)]
-        infer = model_only(runner, len(paths), np.stack([a for a in first if a is not None]))
-        runs = {}
-        for prefetch in args.prefetch:
-            runs[prefetch] = pipeline(module, runner, paths, prep, args.workers, args.threads,
-                                      args.batch_size, weights, tmp / f"v{prefetch}.parquet",
-                                      prefetch)
-        bound = 1 / (1 / decode + 1 / infer)
+        batch = np.stack([a for a in first if a is not None])
+        # Rounds alternate the three measures, so that a slow moment of a shared machine
+        # shows in one round's figures together rather than in one measure only.
+        decode, infer, runs = [], [], {p: [] for p in args.prefetch}
+        for r in range(args.rounds):
+            decode.append(decode_only(paths, prep, args.workers, args.threads))
+            infer.append(model_only(runner, len(paths), batch))
+            for prefetch in args.prefetch:
+                runs[prefetch].append(pipeline(
+                    module, runner, paths, prep, args.workers, args.threads, args.batch_size,
+                    weights, tmp / f"r{r}p{prefetch}.parquet", prefetch))
         where = args.device if args.backend == "torch" else f"{args.backend} (CPU)"
         print(f"\n{args.model} on {where}, {len(paths)} images, batch "
               f"{args.batch_size}, draft {'off' if args.exact_decode else 'on'}, "
-              f"{args.workers} decode {'threads' if args.threads else 'processes'}")
-        print("| measure | img/s | vs min(decode, model) |\n|---|---:|---:|")
+              f"{args.workers} decode {'threads' if args.threads else 'processes'}, "
+              f"{args.rounds} rounds")
+        print("| measure | img/s, median (range) | median / min(decode, model) | per round |\n"
+              "|---|---:|---:|---|")
+        floor = [min(d, m) for d, m in zip(decode, infer, strict=True)]
         rows = [("decode only", decode), ("model only", infer)]
         rows += [(f"whole pipeline{f', prefetch {p}' if p else ''}", full)
                  for p, full in runs.items()]
-        rows += [("1 / (1/decode + 1/model): both sharing the cores", bound)]
-        for name, value in rows:
-            print(f"| {name} | {value:.1f} | {value / min(decode, infer):.2f} |")
+        rows += [("1 / (1/decode + 1/model): both sharing the cores",
+                  [1 / (1 / d + 1 / m) for d, m in zip(decode, infer, strict=True)])]
+        lowest = min(np.median(decode), np.median(infer))
+        for name, values in rows:
+            per_round = " / ".join(f"{v / f:.2f}" for v, f in zip(values, floor, strict=True))
+            print(f"| {name} | {np.median(values):.1f} ({min(values):.1f}-{max(values):.1f}) | "
+                  f"{np.median(values) / lowest:.2f} | {per_round} |")
+        print(f"load average at the end: {os.getloadavg()[0]:.2f}")
         if args.rss:
             big = make_corpus(tmp / "corpus10", 10 * args.images, seed=1)
             for folder, count in ((paths[0].parent, len(paths)), (tmp / "corpus10", len(big))):
