@@ -32,8 +32,8 @@ noted):
    then vertical). ``crop="center"`` resizes the shorter side to the target (the other
    side keeps the aspect ratio, rounded) and keeps the centre window, offset
    ``(inner - target) // 2``; the default ``"none"`` squashes the image to the target.
-   Only the source rows and columns the output needs are read, so memory is bounded by
-   the output size, not the input size.
+   Only the source rows the output needs are copied (two per output row), then only the
+   needed columns of those, so the working memory is 2 x output height x input width.
 
 The result is float32, channels first, in [0, 1]: the input contract of the models.
 """
