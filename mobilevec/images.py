@@ -183,7 +183,7 @@ def resize_array(image: np.ndarray, size: Size = 224, crop: Crop = "none") -> np
     y0, y1, fy = _source_axis(image.shape[0], inner_h, top, height)
     x0, x1, fx = _source_axis(image.shape[1], inner_w, left, width)
     # only the needed source rows (upper-neighbour rows after lower-neighbour rows), channels
-    # first: the cost follows the output size, and the result needs no final transpose
+    # first: two rows per output row whatever the input height, and no final transpose
     rows = np.ascontiguousarray(image[np.concatenate([y0, y1])].transpose(2, 0, 1))
 
     def column(xs: np.ndarray) -> np.ndarray:

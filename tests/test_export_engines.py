@@ -295,7 +295,7 @@ def test_tflite_export_matches_the_torch_module_on_real_weights(real_models, nam
     data = tflite_bytes(model, source=None)
     assert data[4:8] == b"TFL3"
     x = np.random.default_rng(10).random((3, 3, 224, 224), dtype=np.float32)
-    x = np.concatenate([x, np.zeros((1, 3, 224, 224), np.float32)])  # border: the 0.5 pad
+    x = np.concatenate([x, np.zeros((1, 3, 224, 224), np.float32)])  # border: the input offset
     np.testing.assert_allclose(_litert(data, x), _torch(model, x, torch.float64),
                                atol=TOL, rtol=0)
 

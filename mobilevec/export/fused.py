@@ -141,14 +141,14 @@ def _fold_bn(module: ConvBnAct) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _conv(name: str, w: np.ndarray, b: np.ndarray, module: nn.Conv2d, size: tuple[int, int],
-          act: Activation, pad_value: float = 0.0) -> tuple[FusedConv, tuple[int, int]]:
+          act: Activation) -> tuple[FusedConv, tuple[int, int]]:
     """A :class:`FusedConv` at input ``size``, and its output size."""
     k, s = module.kernel_size[0], module.stride[0]
     top, bottom = same_padding(size[0], k, s)
     left, right = same_padding(size[1], k, s)
     out = (-(-size[0] // s), -(-size[1] // s))  # ceil: TF 'SAME'
     conv = FusedConv(name, w.astype(np.float32), b.astype(np.float32), s, module.groups,
-                     (top, left, bottom, right), act, pad_value)
+                     (top, left, bottom, right), act)
     return conv, out
 
 
