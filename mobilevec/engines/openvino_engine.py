@@ -7,10 +7,18 @@ AMX/AVX512-BF16 is bf16 (``precision="bf16"``: faster, vectors within cosine ≈
 Small batches run on a latency-compiled model using ``threads`` threads; batches of at
 least :data:`SHARD_MIN_PER_STREAM` images per stream are split over ``streams`` parallel
 inference requests (default one per physical core; ``streams=1`` turns this off).
+``int8_stem`` (default: on with bf16) runs the 3-channel first convolution in int8
+(:mod:`.openvino_stem`).
+
+Each batch size is compiled for its own static shape the first time it is seen (up to
+:data:`STATIC_SHAPES` sizes per mode; others, and uneven shards, run the dynamic-batch
+model): with a static shape the CPU plugin plans its kernels and memory once, which made
+V3 Small 5–17 % faster per stream than the same graph with a dynamic batch.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +26,11 @@ import numpy as np
 from ..registry import get_config
 from .base import Engine, MissingBackendError, physical_cores
 
+log = logging.getLogger(__name__)
+
 RT_INFO_KEY = "mobilevec"
 SHARD_MIN_PER_STREAM = 4
+STATIC_SHAPES = 4
 
 
 def _ov():
@@ -45,11 +56,11 @@ class OpenVinoEngine(Engine):
     backend = "openvino"
 
     def __init__(self, model, *, threads: int | None = None, precision: str = "f32",
-                 streams: int | None = None):
+                 streams: int | None = None, int8_stem: bool | None = None):
         ov = _ov()
-        core = ov.Core()
+        self._core = ov.Core()
         if isinstance(model, str | Path):
-            model = core.read_model(str(model))
+            model = self._core.read_model(str(model))
         meta = read_rt_metadata(model)
         if "model" not in meta:
             raise ValueError("not a mobilevec export (no mobilevec rt_info)")
@@ -58,26 +69,55 @@ class OpenVinoEngine(Engine):
         h, w = (int(v) for v in meta["image_size"].split(","))
         super().__init__(get_config(meta["model"]), (h, w), int(meta["num_features"]))
         self.precision = meta.get("precision", "fp32")
+        self.int8_stem = False
+        if precision == "bf16" if int8_stem is None else int8_stem:
+            from .openvino_stem import quantize_stem
+
+            model = model.clone()
+            self.int8_stem = quantize_stem(model)
+        self._model = model
         threads = threads or physical_cores()
-        streams = threads if streams is None else streams
+        self.streams = threads if streams is None else max(1, streams)
         common = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads}
-        latency = core.compile_model(model, "CPU", {**common, "PERFORMANCE_HINT": "LATENCY"})
-        self._request = latency.create_infer_request()
-        self._requests = []
-        if streams > 1:
-            throughput = core.compile_model(model, "CPU", {
-                **common, "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": streams})
-            self._requests = [throughput.create_infer_request() for _ in range(streams)]
+        self._settings = {
+            "latency": {**common, "PERFORMANCE_HINT": "LATENCY"},
+            "throughput": {**common, "PERFORMANCE_HINT": "THROUGHPUT",
+                           "NUM_STREAMS": self.streams},
+        }
+        # (mode, batch size or None for the dynamic batch) -> one request per stream
+        self._requests: dict[tuple[str, int | None], list] = {}
+        self._infer_requests("latency", None)  # compile errors surface at construction
+
+    def _infer_requests(self, mode: str, batch: int | None) -> list:
+        """Requests of the model compiled for ``mode`` at a static ``batch`` (None: dynamic)."""
+        static = sum(1 for m, b in self._requests if m == mode and b is not None)
+        if batch is not None and (mode, batch) not in self._requests and static >= STATIC_SHAPES:
+            batch = None
+        key = (mode, batch)
+        if key not in self._requests:
+            model = self._model
+            if batch is not None:
+                model = model.clone()
+                h, w = self.image_size
+                model.reshape([batch, 3, h, w])
+            compiled = self._core.compile_model(model, "CPU", self._settings[mode])
+            count = self.streams if mode == "throughput" else 1
+            self._requests[key] = [compiled.create_infer_request() for _ in range(count)]
+            log.debug("compiled %s for %s batch %s", self.config.name, mode, batch or "dynamic")
+        return self._requests[key]
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        streams = len(self._requests)
-        if not streams or len(x) < SHARD_MIN_PER_STREAM * streams:
-            return self._request.infer({0: x}, share_inputs=True)[0].copy()
-        bounds = np.linspace(0, len(x), streams + 1).astype(int)
-        for request, a, b in zip(self._requests, bounds[:-1], bounds[1:], strict=True):
+        n, streams = len(x), self.streams
+        if streams == 1 or n < SHARD_MIN_PER_STREAM * streams:
+            request = self._infer_requests("latency", n)[0]
+            return request.infer({0: x}, share_inputs=True)[0].copy()
+        even = n % streams == 0
+        requests = self._infer_requests("throughput", n // streams if even else None)
+        bounds = np.linspace(0, n, streams + 1).astype(int)
+        for request, a, b in zip(requests, bounds[:-1], bounds[1:], strict=True):
             request.start_async({0: x[a:b]}, share_inputs=True)
         parts = []
-        for request in self._requests:
+        for request in requests:
             request.wait()
             parts.append(request.get_output_tensor(0).data.copy())
         return np.concatenate(parts)
