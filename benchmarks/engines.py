@@ -57,7 +57,7 @@ CASES = [
     ("mv-ort", "mobilevec onnxruntime", "mobilevec", "fp32"),
     ("mv-ov", "mobilevec openvino", "mobilevec", "fp32"),
     ("mv-litert", "mobilevec litert (own .tflite, XNNPACK)", "mobilevec", "fp32"),
-    ("mv-ov-bf16", "mobilevec openvino precision=bf16", "mobilevec", "bf16"),
+    ("mv-ov-bf16", "mobilevec openvino precision=bf16 (int8 first conv)", "mobilevec", "bf16"),
     ("mv-ort-int8", "mobilevec onnxruntime int8", "mobilevec", "int8"),
     ("mv-ov-int8", "mobilevec openvino int8", "mobilevec", "int8"),
     ("peer-torch", "plain PyTorch eager (torchvision layout, channels-last)", "peer", "fp32"),
