@@ -72,7 +72,7 @@ class OpenVinoEngine(Engine):
         super().__init__(get_config(meta["model"]), (h, w), int(meta["num_features"]))
         self.precision = meta.get("precision", "fp32")
         self.int8_stem = False
-        if precision == "bf16" if int8_stem is None else int8_stem:
+        if (precision == "bf16") if int8_stem is None else int8_stem:
             from .openvino_stem import quantize_stem
 
             model = model.clone()
