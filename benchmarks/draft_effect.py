@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mobilevec import create  # noqa: E402
-from mobilevec.images import load_rgb, resize_array  # noqa: E402
+from mobilevec.data.images import load_rgb, resize_array  # noqa: E402
 
 DATA = Path(os.environ.get("MOBILEVEC_DATA_DIR", REPO.parent / "shared" / "data"))
 WEIGHTS = Path(os.environ.get("MOBILEVEC_WEIGHTS_DIR", REPO.parent / "shared" / "weights"))

@@ -36,15 +36,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mobilevec import create  # noqa: E402
-from mobilevec.embed import (  # noqa: E402
+from mobilevec.embedding.batching import (  # noqa: E402
     DEFAULT_BATCH_SIZE,
     Preprocessing,
     decode_files,
     default_workers,
     flush_denormals,
 )
+from mobilevec.embedding.pipeline import run_embed, store_meta  # noqa: E402
 from mobilevec.engines import engine_from_model  # noqa: E402
-from mobilevec.pipeline import run_embed, store_meta  # noqa: E402
 
 DATA = Path(os.environ.get("MOBILEVEC_DATA_DIR", REPO.parent / "shared" / "data"))
 WEIGHTS = Path(os.environ.get("MOBILEVEC_WEIGHTS_DIR", REPO.parent / "shared" / "weights"))

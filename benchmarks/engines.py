@@ -248,9 +248,9 @@ def _int8_files(model_name: str, tmp: Path) -> tuple[dict[str, str], dict[str, f
 def _quality(model_name: str, int8: dict[str, str]) -> dict[str, dict]:
     """Cosine int8 vs fp32 and leave-one-out 1-NN on tf_flowers5, per int8 engine."""
     import mobilevec
+    from mobilevec.data.images import load_array
+    from mobilevec.embedding.search import leave_one_out_accuracy
     from mobilevec.engines import load_engine
-    from mobilevec.images import load_array
-    from mobilevec.search import leave_one_out_accuracy
 
     files = sorted((DATA / "tf_flowers5").rglob("*.jpg"))
     labels = np.array([p.parent.name for p in files])

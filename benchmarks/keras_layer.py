@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 import mobilevec.hub  # noqa: E402
 from mobilevec import keras as hub  # noqa: E402
-from mobilevec.images import load_image  # noqa: E402
+from mobilevec.data.images import load_image  # noqa: E402
 
 
 def median_seconds(fn, repeats: int) -> float:

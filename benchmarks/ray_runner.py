@@ -37,10 +37,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from embed_pipeline import DEFAULT_WEIGHTS, WEIGHTS, make_corpus  # noqa: E402
 
 from mobilevec import create  # noqa: E402
-from mobilevec.embed import DEFAULT_BATCH_SIZE, Preprocessing, default_workers  # noqa: E402
-from mobilevec.pipeline import run_embed, store_meta  # noqa: E402
-from mobilevec.ray_runner import run_ray_embed  # noqa: E402
-from mobilevec.vectorstore import read_store  # noqa: E402
+from mobilevec.embedding.batching import DEFAULT_BATCH_SIZE, Preprocessing, default_workers  # noqa: E402
+from mobilevec.embedding.pipeline import run_embed, store_meta  # noqa: E402
+from mobilevec.embedding.ray_runner import run_ray_embed  # noqa: E402
+from mobilevec.embedding.store import read_store  # noqa: E402
 
 
 def max_difference(a: Path, b: Path) -> float:

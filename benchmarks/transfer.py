@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 import mobilevec
-from mobilevec.datasets import read_class_folders, stratified_split
-from mobilevec.embed import embed_files
-from mobilevec.train import Classifier, TrainConfig, fit_head, train
+from mobilevec.data.datasets import read_class_folders, stratified_split
+from mobilevec.embedding.batching import embed_files
+from mobilevec.training.train import Classifier, TrainConfig, fit_head, train
 
 SHARED = Path(os.environ.get("MOBILEVEC_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 SEEDS = {"v2": ("mobilenet_v2_100_224", "mobilenet_v2_1.0_224_tfslim_npy"),

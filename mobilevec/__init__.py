@@ -5,13 +5,14 @@
 >>> vectors = model(images)  # float32 NCHW in [0, 1] -> (N, 1024)
 """
 
+from . import _compat  # noqa: F401 - installs the 0.1 module paths
+from ._version import __version__
 from .api import create, save
 from .errors import MobilevecError, UnknownModelError, WeightsError
 from .formats.detect import read_weights
-from .hub import load
-from .model import MobileNet
-from .registry import get_config, list_models
+from .hub.loader import load
+from .models.mobilenet import MobileNet
+from .models.registry import get_config, list_models
 
 __all__ = ["MobileNet", "MobilevecError", "UnknownModelError", "WeightsError", "create",
-           "get_config", "list_models", "load", "read_weights", "save"]
-__version__ = "0.1.0"
+           "__version__", "get_config", "list_models", "load", "read_weights", "save"]

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 from .errors import WeightsError
 from .formats.detect import Weights, read_weights
 from .formats.safetensors_format import write_safetensors
-from .model import MobileNet
-from .names import load_tf_variables, logits_classes, to_tf_variables
-from .registry import get_config
+from .models.mobilenet import MobileNet
+from .models.names import load_tf_variables, logits_classes, to_tf_variables
+from .models.registry import get_config
 
 if TYPE_CHECKING:
     from .engines import Engine

@@ -39,7 +39,7 @@ def calibrated_variables(name: str, seed: int) -> dict[str, np.ndarray]:
     import torch
 
     import mobilevec
-    from mobilevec.names import to_tf_variables
+    from mobilevec.models.names import to_tf_variables
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -92,7 +92,7 @@ def set_tf_variables(model, variables: dict, root_scope: str) -> int:
 
 def use_keras_gate(model) -> None:
     """Keras' hard-sigmoid is relu6(x + 3) / 6; TF-Slim's is relu6(x + 3) * 0.16667."""
-    from mobilevec.layers import SqueezeExcite
+    from mobilevec.models.layers import SqueezeExcite
 
     for m in model.modules():
         if isinstance(m, SqueezeExcite):

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from mobilevec.cli import main
+from mobilevec.cli.app import main
 
 
 def test_list_prints_every_model_with_its_feature_size(capsys):

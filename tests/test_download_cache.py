@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from mobilevec import _download, cache
-from mobilevec._archive import extract_archive
 from mobilevec.errors import DownloadError, OfflineError
+from mobilevec.hub import cache
+from mobilevec.hub import download as _download
+from mobilevec.hub.archive import extract_archive
 
 
 def blob(n: int, seed: int = 0) -> bytes:
@@ -206,7 +207,7 @@ def test_lock_held_too_long_is_a_clear_error(server, cache_root, monkeypatch):
 
 def _fetch_in_child(url: str, root: str, barrier, results) -> None:
     """Runs in a spawned process: wait for the sibling, then fetch the same URL."""
-    from mobilevec import cache as child_cache
+    from mobilevec.hub import cache as child_cache
 
     barrier.wait(timeout=60)
     try:

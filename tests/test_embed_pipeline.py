@@ -18,10 +18,10 @@ from PIL import Image
 from test_images import png_bytes, smooth_photo
 
 import mobilevec
-from mobilevec.cli import main
-from mobilevec.embed import Preprocessing, decode_files, embed_files, iter_embeddings
-from mobilevec.images import load_image
-from mobilevec.vectorstore import VectorStore, read_errors, read_meta, read_store
+from mobilevec.cli.app import main
+from mobilevec.data.images import load_image
+from mobilevec.embedding.batching import Preprocessing, decode_files, embed_files, iter_embeddings
+from mobilevec.embedding.store import VectorStore, read_errors, read_meta, read_store
 
 V3 = "mobilenet_v3_small_075_224"
 REPO = Path(__file__).resolve().parents[1]
@@ -386,7 +386,7 @@ def test_error_only_batches_are_kept_across_runs(tmp_path):
 
 
 def test_neighbours_and_duplicate_groups_on_hand_made_vectors():
-    from mobilevec.search import cosine_neighbours, near_duplicate_groups
+    from mobilevec.embedding.search import cosine_neighbours, near_duplicate_groups
 
     v = np.array([[1, 0], [1, 0.1], [0, 1], [-1, 0], [0.1, 1]], np.float16)
     # cos(v0, v1) = cos(v2, v4) = 1 / sqrt(1.01) = 0.995; every other pair is below 0.1

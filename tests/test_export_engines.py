@@ -18,7 +18,7 @@ import torch
 from shared_paths import V2_NPY, V3_TFLITE, require
 
 import mobilevec
-from mobilevec.cli import main
+from mobilevec.cli.app import main
 from mobilevec.export import export, fuse, onnx_model
 from mobilevec.export.fused import FusedConv
 from mobilevec.export.torch_fused import FusedModule
@@ -335,8 +335,8 @@ def test_litert_engine_refuses_the_official_tflite_as_its_own(tmp_path):
 # --- int8 ----------------------------------------------------------------------------
 def test_int8_export_stays_close_and_skips_broken_calibration_images(real_models, data_dir,
                                                                      tmp_path):
+    from mobilevec.data.images import load_array
     from mobilevec.export import calibration_paths
-    from mobilevec.images import load_array
 
     photos = sorted((data_dir / "imagenet-samples").glob("*.JPEG"))[::10][:24]
     broken = tmp_path / "broken.jpg"
@@ -423,7 +423,7 @@ def test_cli_backends_lists_runtimes(capsys):
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch-fused"])
 def test_cli_embed_on_an_engine_gives_the_torch_vectors(tmp_path, data_dir, backend):
-    from mobilevec.vectorstore import read_store
+    from mobilevec.embedding.store import read_store
 
     weights = require(V3_TFLITE)
     photos = sorted((data_dir / "imagenet-samples").glob("*.JPEG"))[:6]

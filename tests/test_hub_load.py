@@ -19,9 +19,10 @@ import pytest
 import torch
 
 import mobilevec
-from mobilevec import cache, hub
-from mobilevec.cli import main as cli_main
+from mobilevec.cli.app import main as cli_main
 from mobilevec.errors import DownloadError, MobilevecError, OfflineError, WeightsError
+from mobilevec.hub import cache
+from mobilevec.hub import loader as hub
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CKPT_DIR = FIXTURES / "tf_ckpt_v2_035"
@@ -78,7 +79,7 @@ def hub_mirror(server, cache_root, monkeypatch):
                                     "frameworks/TensorFlow2/variations/035-224-feature-vector/"
                                     "versions/5"])
 def test_hub_handle_resolves_to_the_model_it_names(handle):
-    from mobilevec.artifacts import resolve_handle
+    from mobilevec.hub.artifacts import resolve_handle
 
     artifact = resolve_handle(handle)
     assert artifact.model == V2_035
@@ -87,7 +88,7 @@ def test_hub_handle_resolves_to_the_model_it_names(handle):
 
 
 def test_seed_handles_name_the_seed_models():
-    from mobilevec.artifacts import resolve_handle
+    from mobilevec.hub.artifacts import resolve_handle
 
     v2 = resolve_handle("https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/2")
     v3 = resolve_handle("https://tfhub.dev/google/imagenet/mobilenet_v3_small_075_224/"
@@ -230,7 +231,7 @@ def test_real_v3_embedder_over_http_equals_the_file(server, cache_root, v3_tflit
 
 def test_wrong_sha256_of_a_known_artifact_fails_and_leaves_nothing(server, cache_root,
                                                                    monkeypatch):
-    from mobilevec import artifacts
+    from mobilevec.hub import artifacts
 
     url = server.url("/mediapipe-assets/mobilenet_v3_small_075_224_embedder.tflite")
     monkeypatch.setitem(artifacts.KNOWN_SHA256, url, "0" * 64)
@@ -329,8 +330,8 @@ def test_two_processes_loading_at_once_download_once(hub_mirror, cache_root, ref
 def test_embed_and_search_by_handle(hub_mirror, cache_root, tmp_path, capsys):
     from PIL import Image
 
-    from mobilevec.images import load_image
-    from mobilevec.vectorstore import read_store
+    from mobilevec.data.images import load_image
+    from mobilevec.embedding.store import read_store
 
     rng = np.random.default_rng(0)
     folder = tmp_path / "photos"

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mobilevec.images import ImageError, load_array, load_image, load_rgb, resize, resize_array
+from mobilevec.data.images import ImageError, load_array, load_image, load_rgb, resize, resize_array
 
 
 # --- references --------------------------------------------------------------------------

@@ -145,9 +145,9 @@ def test_bias_correction_zeroes_each_int8_convolutions_mean_error(tmp_path):
 def test_openvino_int8_export_keeps_vectors_at_cosine_099(name, weights, most_fp32_blocks,
                                                            data_dir, tmp_path):
     pytest.importorskip("openvino")
+    from mobilevec.data.images import load_array
     from mobilevec.engines import load_engine
     from mobilevec.export import calibration_paths
-    from mobilevec.images import load_array
 
     model = mobilevec.create(name, weights=require(weights), trainable=False)
     calibration = calibration_paths(data_dir / "imagenet-samples", 128)
@@ -171,7 +171,7 @@ def test_openvino_int8_export_keeps_vectors_at_cosine_099(name, weights, most_fp
 def test_cli_int8_placement_defaults_by_format_and_can_be_overridden(tmp_path, capsys):
     from PIL import Image
 
-    from mobilevec.cli import main
+    from mobilevec.cli.app import main
 
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -20,7 +20,7 @@ import torch
 
 import mobilevec
 from mobilevec.formats.keras_h5 import read_keras_h5
-from mobilevec.names import torch_to_tf, variable_names
+from mobilevec.models.names import torch_to_tf, variable_names
 
 FIXTURES = Path(__file__).parent / "fixtures"
 V2_FILE = FIXTURES / "keras2_mobilenet_v2_035_no_top.h5"

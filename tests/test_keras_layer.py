@@ -31,10 +31,10 @@ if keras.backend.backend() != "torch":
 
 import mobilevec  # noqa: E402
 import mobilevec.hub  # noqa: E402
-from mobilevec import cache  # noqa: E402
 from mobilevec import keras as hub  # noqa: E402
+from mobilevec.data.images import load_image  # noqa: E402
 from mobilevec.errors import MobilevecError  # noqa: E402
-from mobilevec.images import load_image  # noqa: E402
+from mobilevec.hub import cache  # noqa: E402
 
 # Keras' torch backend converts tensors with np.array(x), which numpy 2 flags; not ours.
 pytestmark = pytest.mark.filterwarnings(

@@ -7,8 +7,8 @@ import pytest
 from shared_paths import V2_NPY, V3_TFLITE, require
 
 import mobilevec
-from mobilevec.embed import embed_files
-from mobilevec.search import leave_one_out_accuracy
+from mobilevec.embedding.batching import embed_files
+from mobilevec.embedding.search import leave_one_out_accuracy
 
 
 def labeled_photos(data_dir):

@@ -10,7 +10,7 @@ import torch
 
 import mobilevec
 from mobilevec.formats.safetensors_format import read_safetensors, write_safetensors
-from mobilevec.names import tf_to_torch, to_tf_variables, torch_to_tf, variable_names
+from mobilevec.models.names import tf_to_torch, to_tf_variables, torch_to_tf, variable_names
 
 NAMES = ["mobilenet_v2_100_224", "mobilenet_v3_small_075_224", "mobilenet_v3_large_100_224",
          "mobilenet_v3_small_minimalistic_100_224"]
@@ -183,7 +183,7 @@ def test_tf_checkpoint_fixture_builds_a_v2_035_with_its_ema_values(tmp_path):
                                   "mobilenet_v3_small_075_224", "mobilenet_v3_large_100_224",
                                   "mobilenet_v3_small_minimalistic_100_224"])
 def test_infer_model_recognises_a_variant_by_its_variable_shapes(name):
-    from mobilevec.registry import infer_model
+    from mobilevec.models.registry import infer_model
 
     variables = to_tf_variables(mobilevec.create(name))
     assert infer_model({k: v.shape for k, v in variables.items()}) == name
@@ -192,7 +192,7 @@ def test_infer_model_recognises_a_variant_by_its_variable_shapes(name):
 
 
 def test_infer_model_refuses_unknown_shapes():
-    from mobilevec.registry import infer_model
+    from mobilevec.models.registry import infer_model
 
     with pytest.raises(mobilevec.UnknownModelError, match="match no known"):
         infer_model({"MobilenetV2/Conv/weights": (3, 3, 3, 7)})

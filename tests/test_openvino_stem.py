@@ -35,7 +35,7 @@ def modules() -> dict[str, mobilevec.MobileNet]:
 
 @pytest.fixture(scope="module")
 def photos() -> np.ndarray:
-    from mobilevec.images import load_array
+    from mobilevec.data.images import load_array
 
     files = sorted(require(DATA_DIR / "imagenet-samples").glob("*.JPEG"))[::25]
     return np.stack([load_array(f, 224) for f in files])

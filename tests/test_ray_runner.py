@@ -16,11 +16,11 @@ import torch
 from test_embed_pipeline import V3, build_corpus, photo, weights  # noqa: F401 - a fixture
 
 import mobilevec
-from mobilevec.cli import main
-from mobilevec.embed import Preprocessing
-from mobilevec.images import load_image
-from mobilevec.pipeline import run_embed, store_meta
-from mobilevec.vectorstore import StoreError, file_key, read_errors, read_store
+from mobilevec.cli.app import main
+from mobilevec.data.images import load_image
+from mobilevec.embedding.batching import Preprocessing
+from mobilevec.embedding.pipeline import run_embed, store_meta
+from mobilevec.embedding.store import StoreError, file_key, read_errors, read_store
 
 SIZE = 64  # small inputs: the comparisons do not need 224 pixels, the 2-core CI does
 
@@ -113,7 +113,7 @@ def test_rerun_skips_stored_files_and_embeds_new_and_changed_ones(ray_instance, 
 
 def test_shards_a_killed_run_finished_are_kept_and_torn_ones_dropped(ray_instance, tmp_path,
                                                                     random_weights):
-    from mobilevec.ray_runner import STAGING, embed_dataset, run_ray_embed
+    from mobilevec.embedding.ray_runner import STAGING, embed_dataset, run_ray_embed
 
     paths = [photo(tmp_path / f"{i}.png", i) for i in range(6)]
     model = mobilevec.create(V3, weights=random_weights, trainable=False)
@@ -139,7 +139,7 @@ def test_ctrl_c_during_the_write_keeps_the_shards_written_whole(ray_instance, tm
                                                                random_weights, monkeypatch):
     import ray.data
 
-    from mobilevec.ray_runner import run_ray_embed
+    from mobilevec.embedding.ray_runner import run_ray_embed
 
     paths = [photo(tmp_path / f"{i}.png", i) for i in range(4)]
     bad = tmp_path / "empty.png"
@@ -163,7 +163,7 @@ def test_ctrl_c_during_the_write_keeps_the_shards_written_whole(ray_instance, tm
 
 def test_embed_dataset_gives_path_vector_rows_and_reports_failures(ray_instance, tmp_path,
                                                                   random_weights):
-    from mobilevec.ray_runner import FailureTally, embed_dataset
+    from mobilevec.embedding.ray_runner import FailureTally, embed_dataset
 
     paths = [photo(tmp_path / f"{i}.jpg", i) for i in range(3)]
     bad = tmp_path / "text.jpg"
@@ -201,7 +201,7 @@ def test_npy_output_and_engine_backends_are_refused_before_ray_starts(tmp_path, 
 
 
 def test_missing_ray_is_a_clear_error(monkeypatch):
-    from mobilevec.ray_runner import require_ray
+    from mobilevec.embedding.ray_runner import require_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # what an environment without Ray does
     with pytest.raises(StoreError, match=r"pip install 'mobilevec\[ray\]'"):

@@ -81,7 +81,7 @@ def test_v3_tflite_matches_the_litert_interpreter(v3_tflite, data_dir):
 
 
 def test_v3_trunk_uses_every_tflite_tensor_exactly_once(v3_tflite):
-    from mobilevec.names import variable_names
+    from mobilevec.models.names import variable_names
 
     weights = mobilevec.read_weights(v3_tflite)
     model = mobilevec.create("mobilenet_v3_small_075_224")

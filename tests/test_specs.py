@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import mobilevec
-from mobilevec.layers import SameConv2d, same_padding
-from mobilevec.specs import ResolvedBlock, make_divisible
+from mobilevec.models.layers import SameConv2d, same_padding
+from mobilevec.models.specs import ResolvedBlock, make_divisible
 
 
 @pytest.mark.parametrize("value,expected", [

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import mobilevec
-from mobilevec.datasets import read_class_folders, split_dataset
-from mobilevec.embed import embed_files
-from mobilevec.train import Classifier, TrainConfig, fit_head, train
+from mobilevec.data.datasets import read_class_folders, split_dataset
+from mobilevec.embedding.batching import embed_files
+from mobilevec.training.train import Classifier, TrainConfig, fit_head, train
 
 SEEDS = {"v2": ("mobilenet_v2_100_224", "v2_npy"),
          "v3": ("mobilenet_v3_small_075_224", "v3_tflite")}

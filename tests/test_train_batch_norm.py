@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 import mobilevec
-from mobilevec.augment import DecodedImages
-from mobilevec.train import Classifier, TrainConfig, build_optimizer, image_epoch
+from mobilevec.data.augment import DecodedImages
+from mobilevec.training.train import Classifier, TrainConfig, build_optimizer, image_epoch
 
 SIZE = (64, 64)
 MODEL = "mobilenet_v3_small_075_224"

@@ -13,9 +13,9 @@ import pytest
 import torch
 from train_data import class_tree
 
-from mobilevec.cli import main
+from mobilevec.cli.app import main
 from mobilevec.formats.safetensors_format import read_safetensors
-from mobilevec.train import TrainConfig, train
+from mobilevec.training.train import TrainConfig, train
 
 MODEL = "mobilenet_v3_small_075_224"
 SMALL = ["--model", MODEL, "--size", "48", "--workers", "0", "--quiet"]

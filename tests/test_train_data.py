@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 from train_data import class_tree, write_image
 
-from mobilevec.datasets import DatasetError, read_class_folders, split_dataset, stratified_split
+from mobilevec.data.datasets import (
+    DatasetError,
+    read_class_folders,
+    split_dataset,
+    stratified_split,
+)
 
 
 def test_each_sub_folder_is_a_class_in_sorted_order(tmp_path):

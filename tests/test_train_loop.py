@@ -10,8 +10,8 @@ import torch
 from train_data import class_tree
 
 import mobilevec
-from mobilevec.augment import random_resized_crop
-from mobilevec.train import (
+from mobilevec.data.augment import random_resized_crop
+from mobilevec.training.train import (
     TrainConfig,
     batch_norm_is_folded,
     learning_rate_at,

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mobilevec import vector_index
-from mobilevec.search import cosine_neighbours
-from mobilevec.vectorstore import VectorStore, read_store
+from mobilevec.embedding import index as vector_index
+from mobilevec.embedding.search import cosine_neighbours
+from mobilevec.embedding.store import VectorStore, read_store
 
 pytest.importorskip("usearch", reason="usearch not installed (pip install 'mobilevec[index]')")
 

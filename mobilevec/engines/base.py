@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import MobilevecError
-from ..registry import ModelConfig
+from ..models.registry import ModelConfig
 
 # pip extra that installs each optional runtime (pyproject [project.optional-dependencies]).
 EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino", "litert": "litert"}

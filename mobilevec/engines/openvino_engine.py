@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..registry import get_config
+from ..models.registry import get_config
 from .base import Engine, MissingBackendError, physical_cores
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import torch
 
 from ..export.fused import FusedNet
 from ..export.torch_fused import FusedModule
-from ..registry import get_config
+from ..models.registry import get_config
 from .base import Engine
 
 

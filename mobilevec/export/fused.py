@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..layers import ConvBnAct, SqueezeExcite, same_padding
-from ..specs import Activation, ResolvedBlock, ResolvedConv
+from ..models.layers import ConvBnAct, SqueezeExcite, same_padding
+from ..models.specs import Activation, ResolvedBlock, ResolvedConv
 
 Pads = tuple[int, int, int, int]  # top, left, bottom, right
 

@@ -40,7 +40,7 @@ def build_metadata(model_name: str, num_features: int, image_size: tuple[int, in
                    nhwc: bool = False, precision: str = "fp32",
                    source: str | Path | None = None) -> dict[str, str]:
     """The metadata block (prefixed keys, string values) of an exported model."""
-    from .. import __version__
+    from .._version import __version__
 
     h, w = image_size
     return {f"{PREFIX}{k}": str(v) for k, v in {

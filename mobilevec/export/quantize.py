@@ -38,7 +38,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..images import ImageError, load_array
+from ..data.images import ImageError, load_array
 from .fused import in_squeeze_excite
 from .onnx_runs import session as _session
 
@@ -61,7 +61,7 @@ PLACEMENTS: tuple[str, ...] = ("all-ops", "conv-inputs")
 def calibration_paths(folder: str | Path, limit: int = DEFAULT_CALIBRATION_IMAGES) -> list[Path]:
     """Up to ``limit`` image files under ``folder``, spread evenly over its sorted listing
     (so every class folder contributes). Raises ``FileNotFoundError`` when there are none."""
-    from ..sources import expand_inputs
+    from ..data.sources import expand_inputs
 
     paths = sorted(expand_inputs([str(folder)]).paths)
     if not paths:

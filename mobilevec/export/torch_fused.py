@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import make_activation
+from ..models.layers import make_activation
 from .fused import FusedBlock, FusedConv, FusedNet
 
 

@@ -19,8 +19,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from ..layers import BN_EPSILON, SE_GATE_SCALE
-from ..specs import Activation, ResolvedBlock, ResolvedConv, ResolvedLayer
+from ..models.layers import BN_EPSILON, SE_GATE_SCALE
+from ..models.specs import Activation, ResolvedBlock, ResolvedConv, ResolvedLayer
 
 _BN_VARIABLES = ("gamma", "beta", "moving_mean", "moving_variance")  # Keras' weight order
 # Every kernel is overwritten (TF-Slim variables, or a saved .keras file), so no random

@@ -15,9 +15,9 @@ from typing import Any
 import keras
 from keras import ops
 
-from .. import hub
-from ..names import LOGITS_SCOPE, to_tf_variables
-from ..registry import get_config
+from ..hub import loader as hub
+from ..models.names import LOGITS_SCOPE, to_tf_variables
+from ..models.registry import get_config
 from .blocks import build_blocks, set_tf_variables
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,302 @@
+"""``mobilevec embed``, ``search`` and ``dedup``: thin commands over the embedding pipeline.
+
+Exit status of all three: 0 everything went well; 3 some input files failed (each is
+reported, the rest was done); 1 a fatal error (bad weights, unusable output, model
+mismatch); 2 a usage error; 130 interrupted by Ctrl-C (what was committed is kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_ERROR, EXIT_FAILED_FILES, EXIT_INTERRUPTED = 0, 1, 3, 130
+_SHOWN_ERRORS = 20
+
+
+# --- shared helpers ----------------------------------------------------------------------
+def _add_decode_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=None,
+                   help="decode processes (default: one per core; 0 decodes inline)")
+    p.add_argument("--threads", action="store_true",
+                   help="decode in threads, not processes: faster (no copies between "
+                        "processes) but a crashing codec then stops the run")
+    p.add_argument("--batch-size", type=int, default=64, help="images per inference batch")
+    p.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda)")
+    p.add_argument("--backend", default="torch",
+                   choices=("torch", "auto", "torch-fused", "onnxruntime", "openvino", "litert"),
+                   help="inference engine (default torch; auto: the fastest installed one, "
+                        "see `mobilevec backends`); same vectors to <= 1e-4")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _bar(total: int, desc: str, quiet: bool):
+    """A tqdm progress bar (images/s) fed ``(done, total)``, or a no-op."""
+    if quiet:
+        return None, None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True)
+
+    def update(done: int, new_total: int) -> None:
+        if bar.total != new_total:
+            bar.reset(total=new_total)
+        bar.update(done - bar.n)
+
+    return bar, update
+
+
+def _print_failures(errors, errors_file: Path | None = None) -> None:
+    for path, reason in errors[:_SHOWN_ERRORS]:
+        print(f"  FAILED {path}: {reason}", file=sys.stderr)
+    if len(errors) > _SHOWN_ERRORS:
+        print(f"  ... and {len(errors) - _SHOWN_ERRORS} more", file=sys.stderr)
+    if errors and errors_file is not None:
+        print(f"  all failures: {errors_file}", file=sys.stderr)
+
+
+def _expand(args: argparse.Namespace):
+    from ..data.sources import expand_inputs
+
+    return expand_inputs(args.inputs, args.from_file or ())
+
+
+# --- embed -------------------------------------------------------------------------------
+def cmd_embed(args: argparse.Namespace) -> int:
+    from ..data.images import MAX_PIXELS
+    from ..embedding.batching import Preprocessing, model_fingerprint
+    from ..embedding.pipeline import run_embed, store_meta
+    from .common import model_from_args, weights_source
+
+    sources = _expand(args)
+    if not sources.paths and not sources.missing:
+        print("error: no input images (give files, folders, globs or @list.txt)",
+              file=sys.stderr)
+        return EXIT_ERROR
+    embed = _embed_function(args, run_embed)
+    model = model_from_args(args)
+    fingerprint = model_fingerprint(model)  # of the weights as loaded, before any move
+    weights = weights_source(args)
+    size = args.size or model.config.image_size
+    runner = _runner(model, args.backend, size, args.device, weights)
+    if weights is None:
+        print("warning: no --weights: random initialisation (vectors mean nothing, and a "
+              "re-run cannot resume them)", file=sys.stderr)
+    prep = Preprocessing(size=(size, size), crop=args.crop, draft=not args.exact_decode,
+                         max_pixels=args.max_pixels or MAX_PIXELS)
+    meta = store_meta(model, prep, normalize=args.normalize, half=args.half,
+                      weights=weights, source=args.handle, fingerprint=fingerprint)
+    bar, update = _bar(len(sources.paths), "embed", args.quiet)
+    try:
+        summary = embed(runner, sources.paths, args.output, prep=prep, meta=meta,
+                        batch_size=args.batch_size, missing=sources.missing, progress=update)
+    finally:
+        if bar is not None:
+            bar.close()
+    _print_failures(summary.errors, summary.errors_file)
+    print(f"{'interrupted' if summary.interrupted else 'done'}: {summary.ok} embedded, "
+          f"{summary.failed} failed, {summary.skipped} skipped (already in {args.output}) in "
+          f"{summary.seconds:.1f} s ({summary.images_per_second:.1f} img/s)")
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED_FILES if summary.failed else EXIT_OK
+
+
+def _embed_function(args: argparse.Namespace, run_embed):
+    """``run_embed`` with the local decode options, or the Ray runner with its own."""
+    from functools import partial
+
+    if args.runner == "ray":
+        from ..embedding.ray_runner import run_ray_embed
+        from ..errors import MobilevecError
+
+        if args.backend != "torch":  # engines hold native sessions that Ray cannot ship
+            raise MobilevecError("--runner ray runs the torch backend only; drop --backend")
+        return partial(run_ray_embed, address=args.address, num_workers=args.num_workers,
+                       quiet=args.quiet)
+    return partial(run_embed, workers=args.workers, threads=args.threads)
+
+
+def _runner(model, backend: str, size: int, device: str, source: str | None):
+    """The torch module on ``device``, or an inference engine running its weights."""
+    if backend == "torch":
+        return model.to(device)
+    from ..engines import engine_from_model
+
+    if device != "cpu":
+        print(f"warning: --device {device} applies to the torch backend only; {backend} runs "
+              "on the CPU", file=sys.stderr)
+    return engine_from_model(model, backend, image_size=size, source=source)
+
+
+# --- search ------------------------------------------------------------------------------
+def _model_for(vectors: str, meta: dict, args: argparse.Namespace):
+    """The model the vectors were made with; a clear error when the one asked for differs."""
+    from ..api import create
+    from ..embedding.batching import model_fingerprint
+    from ..embedding.store import StoreError
+    from ..hub.loader import load
+
+    name = args.model or meta["model"]
+    if name != meta["model"]:
+        raise StoreError(f"{vectors} holds {meta['model']} vectors; --model {name} cannot "
+                         "embed queries comparable with them")
+    handle = args.handle or (None if args.weights else meta.get("source"))
+    weights = args.weights or meta.get("weights")
+    if handle:
+        model = load(handle, model=name)
+        weights = handle
+    elif weights is None:
+        raise StoreError(f"{vectors} was made with random weights; its queries cannot be "
+                         "embedded again")
+    elif not Path(weights).exists():
+        raise StoreError(f"{vectors} was made with weights {weights}, which no longer exist; "
+                         "pass --weights FILE|DIR")
+    else:
+        model = create(name, weights=weights, trainable=False)
+    if model_fingerprint(model) != meta["fingerprint"]:
+        raise StoreError(f"{weights} gives a different model than the one {vectors} was made "
+                         f"with ({meta.get('weights')}, sha256 {meta.get('weights_sha256')}); "
+                         "pass the same --weights")
+    return model
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..embedding.batching import Preprocessing, embed_batches
+    from ..embedding.index import neighbours
+    from ..embedding.store import read_meta, read_store
+
+    meta = read_meta(args.vectors)
+    p = meta["preprocessing"]
+    model = _runner(_model_for(args.vectors, meta, args), args.backend, p["size"][0],
+                    args.device, None)
+    stored = read_store(args.vectors)
+    sources = _expand(args)
+    prep = Preprocessing(size=tuple(p["size"]), crop=p["crop"], draft=p["draft"])
+    paths, vectors, failures = [], [], list(sources.missing)
+    for batch in embed_batches(model, sources.paths, prep=prep, batch_size=args.batch_size,
+                               workers=args.workers, threads=args.threads,
+                               normalize=meta["normalize"]):
+        paths += batch.paths
+        vectors += list(batch.vectors)
+        failures += [(str(path), reason) for path, reason in batch.errors]
+    _print_failures(failures)
+    rows = []
+    if paths and len(stored.paths):
+        order, sims, method = neighbours(args.vectors, stored, np.asarray(vectors), args.k,
+                                         args.index)
+        if method != "exact":
+            print(f"(approximate search: {method} index over {len(stored.paths)} vectors)",
+                  file=sys.stderr)
+        for query, hits, scores in zip(paths, order, sims, strict=True):
+            print(f"query {query}")
+            for rank, (i, score) in enumerate(zip(hits, scores, strict=True), 1):
+                print(f"  {rank:3d}  {score:8.4f}  {stored.paths[i]}")
+                rows.append((str(query), rank, f"{score:.6f}", stored.paths[i]))
+    if args.csv:
+        _write_csv(args.csv, ("query", "rank", "cosine", "path"), rows)
+    return EXIT_FAILED_FILES if failures else EXIT_OK
+
+
+# --- dedup -------------------------------------------------------------------------------
+def cmd_dedup(args: argparse.Namespace) -> int:
+    from ..embedding.search import l2_normalize, near_duplicate_groups
+    from ..embedding.store import read_store
+
+    stored = read_store(args.vectors)
+    groups = near_duplicate_groups(stored.vectors, args.threshold)
+    rows = []
+    for number, group in enumerate(groups, 1):
+        unit = l2_normalize(stored.vectors[group])
+        sims = unit @ unit[0]
+        print(f"group {number}: {len(group)} images")
+        for i, sim in zip(group, sims, strict=True):
+            print(f"  {sim:8.4f}  {stored.paths[i]}")
+            rows.append((number, stored.paths[i], f"{sim:.6f}"))
+    duplicates = sum(len(g) - 1 for g in groups)
+    print(f"{len(groups)} groups of near-duplicates (cosine >= {args.threshold}) among "
+          f"{len(stored.paths)} images; {duplicates} could go, keeping one per group")
+    if args.csv:
+        _write_csv(args.csv, ("group", "path", "cosine_to_first"), rows)
+    return EXIT_OK
+
+
+def _write_csv(path: str, header, rows) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+# --- registration ------------------------------------------------------------------------
+def add_commands(subparsers) -> None:
+    """Register ``embed``, ``search`` and ``dedup`` on the ``mobilevec`` parser."""
+    from .common import add_model_options
+
+    p = subparsers.add_parser(
+        "embed", help="embed image files into a resumable vector table",
+        description="Embed images (files, folders, globs, @list.txt) into vectors. Re-running "
+                    "the same command skips images already stored (same path, size, mtime). "
+                    "Exit 0: all ok; 3: some files failed (listed, and in the errors file); "
+                    "1: fatal error; 130: interrupted (work so far kept).")
+    p.add_argument("inputs", nargs="*", metavar="PATH",
+                   help="image files, folders (recursive), globs, or @FILE listing paths")
+    p.add_argument("--from-file", action="append", metavar="FILE",
+                   help="read input paths from FILE, one per line ('-' = stdin)")
+    p.add_argument("-o", "--output", required=True,
+                   help="vectors.parquet (a folder of Parquet parts) or vectors.npy "
+                        "(+ vectors.index.csv)")
+    add_model_options(p, required=True)
+    p.add_argument("--size", type=int, help="input size (default: the model's, e.g. 224)")
+    p.add_argument("--crop", choices=("none", "center"), default="none",
+                   help="none: squash to the input size (TF Hub's usual feed); center: "
+                        "resize the shorter side and crop the centre")
+    p.add_argument("--exact-decode", action="store_true",
+                   help="decode JPEGs at full size as TF does (default: JPEGs 4x or more "
+                        "the input size are DCT-scaled to >= 2x it: 2-3x faster decode, median "
+                        "cosine 0.998 to the full decode; see docs/benchmarks.md)")
+    p.add_argument("--normalize", action="store_true", help="store L2-normalised vectors")
+    p.add_argument("--half", action="store_true", help="store float16 vectors")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="refuse larger images before decoding (default: about 179 MP)")
+    _add_decode_options(p)
+    p.add_argument("--runner", choices=("local", "ray"), default="local",
+                   help="local: this machine (default); ray: Ray Data actors, one model each "
+                        "(pip install 'mobilevec[ray]'; see docs/ray.md)")
+    p.add_argument("--address", help="with --runner ray: 'auto' or ray://HOST:10001 to join a "
+                                     "cluster (default: a local Ray instance for this run)")
+    p.add_argument("--num-workers", type=int,
+                   help="with --runner ray: model actors (default: one per CPU in the cluster)")
+    p.set_defaults(func=cmd_embed)
+
+    p = subparsers.add_parser(
+        "search", help="nearest stored images of query images (cosine)",
+        description="Embed the query images with the model the vectors were made with and "
+                    "print the k most similar stored images. Exit 3 if a query failed.")
+    p.add_argument("vectors", help="vectors.parquet or vectors.npy written by embed")
+    p.add_argument("inputs", nargs="*", metavar="QUERY", help="query images (as for embed)")
+    p.add_argument("--from-file", action="append", metavar="FILE",
+                   help="read query paths from FILE, one per line")
+    p.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
+    p.add_argument("--csv", help="also write query,rank,cosine,path to this CSV file")
+    p.add_argument("--index", choices=("auto", "exact", "usearch"), default="auto",
+                   help="exact: brute force; usearch: HNSW index saved with the vectors "
+                        "(approximate, needs mobilevec[index]); auto (default): usearch from "
+                        "100,000 stored vectors when installed, else exact")
+    add_model_options(p, required=False)
+    _add_decode_options(p)
+    p.set_defaults(func=cmd_search)
+
+    p = subparsers.add_parser(
+        "dedup", help="groups of near-duplicate stored images",
+        description="Group stored images whose vectors have cosine >= threshold "
+                    "(transitively) and print the groups.")
+    p.add_argument("vectors", help="vectors.parquet or vectors.npy written by embed")
+    p.add_argument("--threshold", type=float, default=0.95,
+                   help="cosine similarity that makes two images duplicates (default 0.95)")
+    p.add_argument("--csv", help="also write group,path,cosine_to_first to this CSV file")
+    p.set_defaults(func=cmd_dedup)

@@ -1,0 +1,115 @@
+"""``mobilevec export`` and ``mobilevec backends``: thin commands over :mod:`mobilevec.export`
+and :mod:`mobilevec.engines`.
+
+Exit status of ``export``: 0 written; 1 a fatal error (bad weights, missing runtime, no
+calibration image decodes); 2 a usage error. Calibration images that fail to decode are
+reported and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_ERROR = 0, 1
+_SHOWN_ERRORS = 10
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..engines import MissingBackendError
+    from ..export import calibration_paths, default_int8_placement, export, exported_metadata
+    from .common import model_from_args, weights_source
+
+    if args.calibrate and not args.int8:
+        print("error: --calibrate only applies with --int8", file=sys.stderr)
+        return EXIT_ERROR
+    calibration = None
+    if args.int8:
+        if not args.calibrate:
+            print("error: --int8 needs --calibrate DIR (a folder of representative photos)",
+                  file=sys.stderr)
+            return EXIT_ERROR
+        try:
+            calibration = calibration_paths(args.calibrate, args.calibration_images)
+        except FileNotFoundError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_ERROR
+        print(f"calibrating int8 on {len(calibration)} images from {args.calibrate}",
+              file=sys.stderr)
+    model = model_from_args(args)
+    skipped: list[tuple[Path, str]] = []
+    try:
+        written = export(model, args.output, args.format, nhwc=args.nhwc,
+                         image_size=args.image_size, source=weights_source(args),
+                         calibration=calibration, skipped=skipped,
+                         int8_placement=args.int8_placement)
+    except (MissingBackendError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    for path, reason in skipped[:_SHOWN_ERRORS]:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if len(skipped) > _SHOWN_ERRORS:
+        print(f"... and {len(skipped) - _SHOWN_ERRORS} more skipped", file=sys.stderr)
+    if args.int8:
+        meta = exported_metadata(written[0])
+        cosine = float(meta.get("int8_cosine_mean", "nan"))
+        placement = args.int8_placement or default_int8_placement(args.format)
+        kept = meta.get("int8_fp32_blocks") or "none"
+        print(f"int8 ({placement} placement, fp32 blocks: {kept}) vs fp32 vectors on "
+              f"held-out calibration images: mean cosine {cosine:.4f}"
+              + ("  WARNING: below 0.99, check accuracy before use" if cosine < 0.99 else ""))
+    size = args.image_size or model.config.image_size
+    nhwc = args.nhwc or args.format == "tflite"
+    layout = "NHWC (N, H, W, 3)" if nhwc else "NCHW (N, 3, H, W)"
+    print(f"{model.config.name} -> {', '.join(map(str, written))}")
+    print(f"  {'int8' if args.int8 else 'fp32'}, input float32 {layout} in [0, 1] at "
+          f"{size}x{size}, any batch; output (N, {model.num_features})")
+    return EXIT_OK
+
+
+def cmd_backends(args: argparse.Namespace) -> int:
+    from ..engines import AUTO_ORDER, BACKENDS, EXTRAS, available_backends
+
+    installed = available_backends()
+    auto = next(b for b in AUTO_ORDER if b in installed)
+    print("torch        the trainable nn.Module (mobilevec.create's default)")
+    for backend in BACKENDS:
+        state = ("installed" if backend in installed
+                 else f"missing: pip install 'mobilevec[{EXTRAS[backend]}]'")
+        print(f"{backend:12} {state}{'  <- auto' if backend == auto else ''}")
+    return EXIT_OK
+
+
+def add_commands(subparsers) -> None:
+    from .common import add_model_options
+
+    p = subparsers.add_parser(
+        "export", help="write a model as ONNX or OpenVINO IR for fast inference (fp32/int8)",
+        description="Export the folded network (BatchNorm and input scaling folded, static "
+                    "TF 'SAME' pads, dynamic batch) with a metadata block (model, input "
+                    "contract, sha256 of the weights).")
+    add_model_options(p)
+    p.add_argument("--format", choices=("onnx", "openvino", "tflite"), default="onnx",
+                   help="onnx: one .onnx file (opset 17); openvino: .xml + .bin; "
+                        "tflite: float32 NHWC .tflite for LiteRT")
+    p.add_argument("-o", "--output", required=True, type=Path, help="output file")
+    p.add_argument("--int8", action="store_true",
+                   help="post-training static int8 quantization (QDQ), needs --calibrate")
+    p.add_argument("--calibrate", type=Path, metavar="DIR",
+                   help="folder of representative photos for int8 calibration")
+    p.add_argument("--int8-placement", choices=("all-ops", "conv-inputs"),
+                   help="where int8 quantization goes: all-ops (ONNX Runtime's int8 "
+                        "kernels; default for onnx) or conv-inputs (OpenVINO's, with "
+                        "per-channel equalization and bias correction; default for openvino)")
+    p.add_argument("--calibration-images", type=int, default=300, metavar="N",
+                   help="use at most N calibration images, spread over the folder (300)")
+    p.add_argument("--nhwc", action="store_true",
+                   help="take (N, H, W, 3) input instead of (N, 3, H, W)")
+    p.add_argument("--image-size", type=int,
+                   help="fixed input size (default: the model's, e.g. 224)")
+    p.set_defaults(func=cmd_export)
+
+    p = subparsers.add_parser("backends", help="list inference backends and which are "
+                                               "installed")
+    p.set_defaults(func=cmd_backends)

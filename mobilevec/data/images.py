@@ -1,0 +1,245 @@
+"""Image decoding and preprocessing, exactly as TF Hub users feed the modules.
+
+The rule, in order (what ``tf.io.decode_image(channels=3)`` followed by
+``tf.image.convert_image_dtype(float32)`` and ``tf.image.resize(size)`` does, except where
+noted):
+
+1. **Open** with Pillow and read the header only. Images of more than ``max_pixels``
+   pixels (default :data:`MAX_PIXELS`) are refused *before* any pixel is decoded
+   (decompression bombs), as are images Pillow itself refuses as bombs. GIFs and other
+   animations give their first frame.
+2. **JPEG draft** (optional, ``draft_to``): a JPEG at least twice as large as needed on both
+   axes is decoded at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling, never below
+   ``draft_to`` pixels per axis. This is *not* what TF does (it decodes at full size); its
+   effect on the vectors is measured in ``docs/benchmarks.md`` (``load_image`` leaves it off;
+   the embedding pipeline turns it on with :data:`DRAFT_MARGIN` x the model size).
+3. **EXIF orientation** is applied (TF ignores it; every photo viewer applies it).
+4. **Mode → 8-bit RGB**, as ``tf.io.decode_png/decode_jpeg(channels=3)``:
+
+   - alpha is dropped, not composited (RGBA, LA, PA, and palettes with a transparent
+     index keep the stored colour of transparent pixels);
+   - palettes are expanded; grayscale (``L``, ``1``) is repeated to three channels;
+   - 16-bit samples keep their high byte (``v >> 8``, libpng's ``png_set_strip_16`` as
+     TF uses it); 32-bit integer ``I`` is clipped to [0, 65535] and treated the same;
+     float ``F`` is clipped to [0, 255] and rounded;
+   - CMYK (TF cannot decode CMYK JPEGs) uses Pillow's conversion without colour
+     management: ``R = round((255 - C) * (255 - K) / 255)``, likewise G (M) and B (Y);
+   - other modes (YCbCr, LAB, HSV) use Pillow's ``convert("RGB")``.
+5. **Scale** to float32 in [0, 1]: ``v * float32(1/255)`` (``convert_image_dtype``).
+6. **Resize** with ``tf.image.resize(..., "bilinear")`` semantics: half-pixel centres,
+   no antialiasing, TF's arithmetic in float32 (source coordinate ``(i + 0.5) * in/out -
+   0.5``, lower index clamped at 0, upper at the last pixel, horizontal lerp first,
+   then vertical). ``crop="center"`` resizes the shorter side to the target (the other
+   side keeps the aspect ratio, rounded) and keeps the centre window, offset
+   ``(inner - target) // 2``; the default ``"none"`` squashes the image to the target.
+   Only the source rows the output needs are copied (two per output row), then only the
+   needed columns of those, so the working memory is 2 x output height x input width.
+
+The result is float32, channels first, in [0, 1]: the input contract of the models.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from ..errors import MobilevecError
+
+log = logging.getLogger(__name__)
+
+# Pillow's own hard limit (2 x Image.MAX_IMAGE_PIXELS): about 180 MP, far above real photos
+# (a 100 MP camera frame fits), and a decoded RGB copy stays near 0.5 GB.
+MAX_PIXELS = 178_956_970
+# JPEGs are DCT-scaled only while they stay >= DRAFT_MARGIN x the target size per axis, so the
+# final resize is still a >= 2x bilinear reduction of a sharp image.
+DRAFT_MARGIN = 2
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif",
+                            ".tif", ".tiff"})
+Crop = Literal["none", "center"]
+Size = int | tuple[int, int]
+
+_ORIENTATION = 0x0112
+_SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
+_TO_UNIT = np.float32(1.0 / 255.0)  # tf.image.convert_image_dtype's scale, as a float32
+
+
+class ImageError(MobilevecError):
+    """An image that cannot be decoded; the message names the file and the cause."""
+
+    def __init__(self, path: str | Path, cause: str):
+        self.path, self.cause = str(path), cause
+        super().__init__(f"{path}: {cause}")
+
+
+def _hw(size: Size) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    """Any Pillow mode → ``(H, W, 3)`` uint8 by the module rule (step 4)."""
+    mode = image.mode
+    if mode.startswith("I;16") or mode == "I":
+        # high byte of 16-bit samples, as TF's png_set_strip_16
+        values = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
+        gray = (values >> 8).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode == "F":
+        gray = np.clip(np.rint(np.asarray(image, dtype=np.float64)), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode in ("P", "PA"):
+        # RGBA keeps the palette colour of transparent entries; dropping alpha then matches
+        # libpng's palette expansion followed by png_set_strip_alpha.
+        image = image.convert("RGBA")
+    if mode != "RGB":  # convert() of an RGB image would only copy it
+        image = image.convert("RGB")  # drops alpha; L/1 repeated; CMYK as documented
+    return np.array(image)
+
+
+def _refuse_large(path: str | Path, image: Image.Image, max_pixels: int) -> None:
+    if image.width * image.height > max_pixels:
+        raise ImageError(path, f"{image.width}x{image.height} = {image.width * image.height} "
+                               f"pixels exceeds the limit of {max_pixels} (decompression bomb?)")
+
+
+def _draft(image: Image.Image, draft_to: tuple[int, int], orientation: int | None) -> None:
+    """Let libjpeg decode at 1/2, 1/4, 1/8 scale, keeping >= ``draft_to`` (H, W) per axis."""
+    height, width = draft_to
+    if orientation in _SWAPS_AXES:
+        height, width = width, height  # the stored image is rotated by 90 degrees
+    image.draft(image.mode, (width, height))
+
+
+def load_rgb(path: str | Path, *, draft_to: tuple[int, int] | None = None,
+             max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode one image to an ``(H, W, 3)`` uint8 RGB array (steps 1-4 of the module rule).
+
+    ``draft_to`` = (height, width): allow JPEG DCT scaling down to no less than that
+    (None: full decode, as TF). Raises :class:`ImageError` naming the file and the cause
+    for anything that is not a decodable image within ``max_pixels``.
+    """
+    try:
+        with warnings.catch_warnings():
+            # our own limit decides; Pillow's warning below its hard limit is noise here
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                _refuse_large(path, image, max_pixels)
+                image.seek(0)
+                orientation = image.getexif().get(_ORIENTATION)
+                if draft_to is not None and image.format == "JPEG":
+                    _draft(image, draft_to, orientation)
+                if orientation not in (None, 1):  # else exif_transpose would only copy
+                    image = ImageOps.exif_transpose(image)
+                return _to_rgb(image)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageError(path, f"refused as a decompression bomb ({e})") from e
+    except Image.UnidentifiedImageError:
+        raise ImageError(path, "not an image Pillow can identify (unknown format or not an "
+                               "image file)") from None
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError,
+            MemoryError) as e:
+        raise ImageError(path, f"cannot decode image ({type(e).__name__}: {e})") from e
+
+
+def _source_axis(in_size: int, out_size: int, start: int, count: int):
+    """TF's ``compute_interpolation_weights`` with ``HalfPixelScaler``, in float32."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    src = (np.arange(start, start + count, dtype=np.float32) + np.float32(0.5)) * scale \
+        - np.float32(0.5)
+    floor = np.floor(src)
+    lower = np.maximum(floor, 0).astype(np.intp)
+    upper = np.minimum(np.ceil(src), in_size - 1).astype(np.intp)
+    return lower, upper, (src - floor).astype(np.float32)
+
+
+def _window(in_hw: tuple[int, int], size: Size, crop: Crop):
+    """(inner size the image is resized to, top-left corner of the kept window)."""
+    height, width = _hw(size)
+    if crop == "none":
+        return (height, width), (0, 0)
+    if crop != "center":
+        raise ValueError(f"crop must be 'none' or 'center', got {crop!r}")
+    h, w = in_hw
+    scale = max(height / h, width / w)
+    inner = (max(height, round(h * scale)), max(width, round(w * scale)))
+    return inner, ((inner[0] - height) // 2, (inner[1] - width) // 2)
+
+
+def resize_array(image: np.ndarray, size: Size = 224, crop: Crop = "none") -> np.ndarray:
+    """Steps 5-6: ``(H, W, C)`` uint8 (scaled by 1/255) or float array → ``(C, h, w)`` float32.
+
+    ``size`` is the output (height, width), an int meaning square. uint8 input lands in
+    [0, 1]; float input keeps its range (the resize is a convex combination).
+    """
+    height, width = _hw(size)
+    (inner_h, inner_w), (top, left) = _window(image.shape[:2], size, crop)
+    y0, y1, fy = _source_axis(image.shape[0], inner_h, top, height)
+    x0, x1, fx = _source_axis(image.shape[1], inner_w, left, width)
+    # only the needed source rows (upper-neighbour rows after lower-neighbour rows), channels
+    # first: two rows per output row whatever the input height, and no final transpose
+    rows = np.ascontiguousarray(image[np.concatenate([y0, y1])].transpose(2, 0, 1))
+
+    def column(xs: np.ndarray) -> np.ndarray:
+        picked = np.take(rows, xs, axis=2).astype(np.float32)
+        if rows.dtype == np.uint8:
+            picked *= _TO_UNIT
+        return picked
+
+    # TF's compute_lerp, in place: top = tl + (tr - tl) * fx and bottom likewise (both
+    # rows at once); out = top + (bottom - top) * fy
+    lerped, right = column(x0), column(x1)
+    right -= lerped
+    right *= fx
+    lerped += right
+    top_row, bottom_row = lerped[:, :height], lerped[:, height:]
+    bottom_row -= top_row
+    bottom_row *= fy[:, None]
+    top_row += bottom_row
+    return np.ascontiguousarray(top_row)
+
+
+def resize(images: torch.Tensor, size: Size, crop: Crop = "none") -> torch.Tensor:
+    """TF-style bilinear resize of float NCHW images to ``size`` (int = square), float32."""
+    arrays = [resize_array(x.permute(1, 2, 0).numpy(), size, crop)
+              for x in images.detach().float().cpu()]
+    return torch.from_numpy(np.stack(arrays)) if arrays else images.new_zeros(
+        (0, images.shape[1], *_hw(size)), dtype=torch.float32)
+
+
+def preprocess(rgb: np.ndarray, size: Size = 224, crop: Crop = "none") -> torch.Tensor:
+    """``(H, W, 3)`` uint8 RGB → ``(3, h, w)`` float32 in [0, 1] (steps 5-6)."""
+    return torch.from_numpy(resize_array(np.asarray(rgb), size, crop))
+
+
+def draft_size(size: Size, draft: bool) -> tuple[int, int] | None:
+    """The smallest JPEG decode size the pipeline accepts for a model input of ``size``."""
+    height, width = _hw(size)
+    return (DRAFT_MARGIN * height, DRAFT_MARGIN * width) if draft else None
+
+
+def load_array(path: str | Path, size: Size = 224, crop: Crop = "none", *, draft: bool = False,
+               max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode and preprocess one file to a ``(3, h, w)`` float32 numpy array in [0, 1].
+
+    Torch-free (used by decode worker processes). ``draft=True`` allows JPEG DCT scaling
+    (step 2) down to :data:`DRAFT_MARGIN` x ``size``.
+    """
+    rgb = load_rgb(path, draft_to=draft_size(size, draft), max_pixels=max_pixels)
+    return resize_array(rgb, size, crop)
+
+
+def load_image(path: str | Path, size: Size = 224, crop: Crop = "none", *, draft: bool = False,
+               max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """Decode and preprocess one file to a ``(3, h, w)`` float32 tensor in [0, 1].
+
+    The default is the exact TF rule (full decode); ``draft=True`` is the pipeline's faster
+    JPEG decode (see step 2).
+    """
+    return torch.from_numpy(load_array(path, size, crop, draft=draft, max_pixels=max_pixels))

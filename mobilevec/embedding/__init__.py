@@ -1,0 +1,1 @@
+"""Vectors out: parallel decode and batched inference, the resumable store, search."""

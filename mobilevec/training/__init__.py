@@ -1,0 +1,1 @@
+"""Transfer learning: a softmax head over the feature vector, run folders, reports."""

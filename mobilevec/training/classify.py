@@ -1,0 +1,102 @@
+"""Using a trained run: load its classifier, classify image files, evaluate a class folder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.datasets import read_class_folders
+from ..embedding.batching import Preprocessing, embed_batches
+from .runs import RunFolder
+from .train import Classifier
+
+
+def load_classifier(run_dir: str | Path, backend: str = "torch") -> tuple[Classifier, dict]:
+    """The trained classifier of a run folder (eval mode) and its ``run.json`` spec.
+
+    ``backend`` other than "torch" computes the backbone's features on that inference
+    engine (:mod:`mobilevec.engines`, at the run's input size); the head stays in torch.
+    """
+    from ..api import create
+
+    run = RunFolder(Path(run_dir))
+    spec = run.spec()
+    backbone = create(spec["model"], weights=run.model_path(), trainable=False)
+    head = spec.get("head", {})
+    classifier = Classifier(backbone, len(spec["class_names"]), head.get("dropout", 0.0),
+                            head.get("normalize_features", False),
+                            head.get("flip_average", False), new_head=False)
+    if backend != "torch":
+        from ..engines import engine_from_model
+
+        size = tuple(spec["preprocessing"]["size"])
+        classifier.feature_engine = engine_from_model(backbone, backend, image_size=size,
+                                                      source=run.model_path())
+    return classifier.eval(), spec
+
+
+def run_preprocessing(spec: dict) -> Preprocessing:
+    """The exact input rule the run was trained and validated with."""
+    p = spec["preprocessing"]
+    return Preprocessing(size=tuple(p["size"]), crop=p.get("crop", "none"))
+
+
+@dataclass
+class Predictions:
+    """Class probabilities ``(N, C)`` of the files that decoded, and (path, reason) for
+    those that did not."""
+
+    paths: list[Path]
+    probabilities: np.ndarray
+    errors: list[tuple[Path, str]] = field(default_factory=list)
+
+    def top_k(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(indices, probabilities)``, each ``(N, min(k, C))``, most probable first."""
+        k = min(k, self.probabilities.shape[1])
+        order = np.argsort(-self.probabilities, axis=1, kind="stable")[:, :k]
+        return order, np.take_along_axis(self.probabilities, order, axis=1)
+
+
+def classify_files(classifier: Classifier, paths: Sequence[str | Path], prep: Preprocessing,
+                   *, batch_size: int = 32, workers: int | None = None,
+                   threads: bool = False, progress=None) -> Predictions:
+    """Softmax probabilities of each file; undecodable files are reported, not fatal.
+    ``progress(done)`` is called with the number of files handled after each batch."""
+    done: list[Path] = []
+    chunks: list[np.ndarray] = []
+    errors: list[tuple[Path, str]] = []
+    for batch in embed_batches(classifier, paths, prep=prep, batch_size=batch_size,
+                               workers=workers, threads=threads):
+        done += batch.paths
+        errors += batch.errors
+        if len(batch.paths):
+            chunks.append(torch.softmax(torch.from_numpy(batch.vectors), 1).numpy())
+        if progress:
+            progress(len(done) + len(errors))
+    probabilities = (np.concatenate(chunks) if chunks
+                     else np.zeros((0, classifier.num_features), np.float32))
+    return Predictions(done, probabilities, errors)
+
+
+@dataclass
+class Evaluation:
+    labels: np.ndarray  # (N,) true class indices of the files that decoded
+    predictions: Predictions
+
+
+def evaluate_folder(classifier: Classifier, spec: dict, data_dir: str | Path, *,
+                    batch_size: int = 32, workers: int | None = None,
+                    threads: bool = False, progress=None) -> Evaluation:
+    """Classify every image of a class-folder tree whose folders are (some of) the run's
+    classes; see :func:`mobilevec.datasets.read_class_folders` for the rules."""
+    files = read_class_folders(data_dir, spec["class_names"])
+    predictions = classify_files(classifier, files.paths, run_preprocessing(spec),
+                                 batch_size=batch_size, workers=workers, threads=threads,
+                                 progress=progress)
+    label_of = dict(zip(files.paths, files.labels, strict=True))
+    labels = np.asarray([label_of[p] for p in predictions.paths], dtype=np.int64)
+    return Evaluation(labels, predictions)
