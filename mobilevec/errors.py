@@ -1,4 +1,8 @@
-"""Exceptions raised by mobilevec. Each one names the file (and variable) at fault."""
+"""Every exception mobilevec raises on purpose. Each one names the file, variable or input
+at fault and, where there is one, what to do next.
+
+All derive from :class:`MobilevecError`, which the command line reports as one line.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from pathlib import Path
 class MobilevecError(Exception):
     """Base class of every error mobilevec raises on purpose."""
 
+
+# --- models and weights -------------------------------------------------------------------
 
 class WeightsError(MobilevecError):
     """A weights artifact is missing, truncated, corrupt, or does not fit the model.
@@ -31,6 +37,8 @@ class UnknownModelError(MobilevecError, KeyError):
         return str(self.args[0])
 
 
+# --- downloads and the cache --------------------------------------------------------------
+
 class DownloadError(MobilevecError):
     """Fetching, verifying, caching or unpacking a remote artifact failed.
 
@@ -45,5 +53,50 @@ class DownloadError(MobilevecError):
         self.path = None if path is None else str(path)
 
 
+class NetworkError(DownloadError):
+    """The connection failed (refused, DNS, timeout, cut mid-stream); the file may be fine."""
+
+
 class OfflineError(DownloadError):
     """Offline mode is on and the artifact is not in the cache (no network was tried)."""
+
+
+# --- inputs and outputs --------------------------------------------------------------------
+
+class ImageError(MobilevecError):
+    """An image that cannot be decoded; the message names the file and the cause."""
+
+    def __init__(self, path: str | Path, cause: str):
+        self.path, self.cause = str(path), cause
+        super().__init__(f"{path}: {cause}")
+
+
+class DatasetError(MobilevecError):
+    """A data folder that cannot be used for training; names the folder and the cause."""
+
+
+class StoreError(MobilevecError):
+    """A vector store that cannot be used as asked; the message says what to do."""
+
+
+class RunError(MobilevecError):
+    """A run folder that is missing, incomplete or does not fit the request."""
+
+
+# --- optional dependencies -------------------------------------------------------------------
+
+class MissingDependencyError(MobilevecError, ImportError):
+    """An optional package is not installed; the message names the pip extra."""
+
+    def __init__(self, module: str, extra: str, purpose: str | None = None):
+        self.module, self.extra = module, extra
+        need = f"{purpose} needs" if purpose else "this needs"
+        super().__init__(f"{need} the {module!r} package: pip install 'mobilevec[{extra}]'")
+
+
+class MissingBackendError(MissingDependencyError):
+    """An inference backend's runtime is not installed; the message names the pip extra."""
+
+    def __init__(self, backend: str, module: str, extra: str):
+        self.backend = backend
+        super().__init__(module, extra, f"backend {backend!r}")

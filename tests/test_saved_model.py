@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mobilevec.errors import WeightsError
-from mobilevec.formats import saved_model as sm
+from mobilevec.formats import object_graph as og
 from mobilevec.formats.saved_model import is_saved_model, read_saved_model
 from mobilevec.formats.tf_checkpoint import read_tensor_bundle, read_tf_checkpoint
 
@@ -49,7 +49,7 @@ def test_bundle_keys_are_object_paths_not_names():
     keys = set(read_tensor_bundle(ROOT / "variables" / "variables"))
     assert "variables/0/.ATTRIBUTES/VARIABLE_VALUE" in keys
     assert "stem/kernel/.ATTRIBUTES/VARIABLE_VALUE" in keys
-    assert sm.OBJECT_GRAPH_KEY in keys
+    assert og.OBJECT_GRAPH_KEY in keys
     assert not [k for k in keys if k.startswith("MobilenetV2/")]
 
 
@@ -61,12 +61,12 @@ def test_resolves_to_tf_slim_names_bit_identical(path):
 
 
 def test_saved_model_pb_names_agree_with_object_graph_full_names():
-    by_pb = sm._saved_variable_names(ROOT)
+    by_pb = og._saved_variable_names(ROOT)
     assert sorted(by_pb.values()) == sorted(fv.saved_model_variables())
 
 
 def test_empty_full_names_fall_back_to_saved_model_pb(monkeypatch):
-    parse = sm._parse_object_graph
+    parse = og._parse_object_graph
 
     def without_full_names(blob):
         nodes = parse(blob)
@@ -74,7 +74,7 @@ def test_empty_full_names_fall_back_to_saved_model_pb(monkeypatch):
             node.attributes = [(a, "", key) for a, _full, key in node.attributes]
         return nodes
 
-    monkeypatch.setattr(sm, "_parse_object_graph", without_full_names)
+    monkeypatch.setattr(og, "_parse_object_graph", without_full_names)
     _assert_bit_identical(read_saved_model(ROOT), fv.expected_saved_model())
     # A bare checkpoint has no saved_model.pb to consult: a clear error naming the key.
     with pytest.raises(WeightsError, match="no variable name") as info:
@@ -83,7 +83,7 @@ def test_empty_full_names_fall_back_to_saved_model_pb(monkeypatch):
 
 
 def test_two_variables_with_one_name_is_an_error(monkeypatch):
-    parse = sm._parse_object_graph
+    parse = og._parse_object_graph
 
     def same_names(blob):
         nodes = parse(blob)
@@ -91,7 +91,7 @@ def test_two_variables_with_one_name_is_an_error(monkeypatch):
             node.attributes = [(a, "dup", key) for a, _full, key in node.attributes]
         return nodes
 
-    monkeypatch.setattr(sm, "_parse_object_graph", same_names)
+    monkeypatch.setattr(og, "_parse_object_graph", same_names)
     with pytest.raises(WeightsError, match="two variables are named 'dup'"):
         read_saved_model(ROOT)
 
@@ -119,14 +119,14 @@ def test_corrupt_object_graph_is_caught_by_its_crc(model_copy: Path):
 
     prefix = model_copy / "variables" / "variables"
     _header, entries = tfc._read_index(Path(f"{prefix}.index"))
-    entry = next(e for e in entries if e.name == sm.OBJECT_GRAPH_KEY)
+    entry = next(e for e in entries if e.name == og.OBJECT_GRAPH_KEY)
     data = Path(f"{prefix}.data-00000-of-00001")
     raw = bytearray(data.read_bytes())
     raw[entry.offset + entry.size - 10] ^= 0x04
     data.write_bytes(bytes(raw))
     with pytest.raises(WeightsError, match="crc32c") as info:
         read_saved_model(model_copy)
-    assert info.value.variable == sm.OBJECT_GRAPH_KEY
+    assert info.value.variable == og.OBJECT_GRAPH_KEY
     assert info.value.path == str(data)
 
 

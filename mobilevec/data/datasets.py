@@ -21,13 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MobilevecError
+from ..errors import DatasetError
 from .images import IMAGE_SUFFIXES
 from .sources import expand_inputs
-
-
-class DatasetError(MobilevecError):
-    """A data folder that cannot be used for training; names the folder and the cause."""
 
 
 @dataclass

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from ..errors import MobilevecError
+from ..errors import ImageError
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +67,6 @@ Size = int | tuple[int, int]
 _ORIENTATION = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
 _TO_UNIT = np.float32(1.0 / 255.0)  # tf.image.convert_image_dtype's scale, as a float32
-
-
-class ImageError(MobilevecError):
-    """An image that cannot be decoded; the message names the file and the cause."""
-
-    def __init__(self, path: str | Path, cause: str):
-        self.path, self.cause = str(path), cause
-        super().__init__(f"{path}: {cause}")
 
 
 def _hw(size: Size) -> tuple[int, int]:

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MobilevecError
+from ..errors import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +54,6 @@ COMPATIBLE_KEYS = ("model", "fingerprint", "dim", "dtype", "normalize", "preproc
 
 Key = tuple[str, int, int]  # (absolute path, size in bytes, mtime in ns)
 _PART = re.compile(r"^part-(\d{6,})(?:-(\d{6,}))?\.(parquet|npy)$")
-
-
-class StoreError(MobilevecError):
-    """A vector store that cannot be used as asked; the message says what to do."""
 
 
 @dataclass

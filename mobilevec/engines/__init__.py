@@ -22,7 +22,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from .base import EXTRAS, Engine, MissingBackendError, physical_cores
+from ..errors import MissingBackendError
+from .base import EXTRAS, Engine, physical_cores, require_backend
 
 __all__ = ["AUTO_ORDER", "BACKENDS", "EXTRAS", "Engine", "MissingBackendError",
            "available_backends", "create_engine", "engine_from_model", "load_engine",
@@ -61,10 +62,10 @@ def create_engine(name: str, weights=None, backend: str = "auto", *,
     ``precision``, ``streams`` for openvino). Raises :class:`MissingBackendError` naming
     the pip extra when the runtime is not installed.
     """
-    from ..api import create
+    from ..models.factory import create_model
 
     backend = _resolve(backend)
-    model = create(name, weights, trainable=False, ema=ema)
+    model = create_model(name, weights, trainable=False, ema=ema)
     source = weights if isinstance(weights, str | Path) else None
     return engine_from_model(model, backend, image_size=image_size, threads=threads,
                              source=source, **options)
@@ -92,11 +93,9 @@ def engine_from_model(model, backend: str = "auto", *,
         from .torch_engine import TorchFusedEngine
 
         return TorchFusedEngine(net, threads=threads, **options)
-    try:
-        from ..export.onnx_graph import to_onnx
-    except ImportError:
-        raise MissingBackendError(backend, "onnx") from None
+    require_backend(backend, "onnx")  # the exporter's, reported before any work
     from ..export.metadata import build_metadata
+    from ..export.onnx_graph import to_onnx
 
     proto = to_onnx(net, metadata=build_metadata(net.model, net.num_features, net.image_size,
                                                  source=source))
@@ -105,8 +104,9 @@ def engine_from_model(model, backend: str = "auto", *,
 
         return OnnxRuntimeEngine(proto.SerializeToString(), threads=threads, **options)
     from ..export import openvino_model
-    from .openvino_engine import OpenVinoEngine
+    from .openvino_engine import OpenVinoEngine, _ov
 
+    _ov()
     return OpenVinoEngine(openvino_model(proto), threads=threads, **options)
 
 

@@ -11,24 +11,26 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
 
-from ..errors import MobilevecError
+from .._optional import require
+from ..errors import MissingBackendError, MissingDependencyError
 from ..models.registry import ModelConfig
 
 # pip extra that installs each optional runtime (pyproject [project.optional-dependencies]).
 EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino", "litert": "litert"}
 
 
-class MissingBackendError(MobilevecError, ImportError):
-    """An optional runtime is not installed; the message names the pip extra."""
-
-    def __init__(self, backend: str, module: str):
-        self.backend = backend
-        super().__init__(f"backend {backend!r} needs the {module!r} package: "
-                         f"pip install 'mobilevec[{EXTRAS.get(backend, backend)}]'")
+def require_backend(backend: str, module: str) -> ModuleType:
+    """Import ``module`` for ``backend``, or raise :class:`MissingBackendError` naming the
+    backend's pip extra."""
+    try:
+        return require(module, EXTRAS[backend])
+    except MissingDependencyError as e:
+        raise MissingBackendError(backend, module, EXTRAS[backend]) from e
 
 
 def physical_cores() -> int:

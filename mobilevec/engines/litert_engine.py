@@ -17,17 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from ..models.registry import get_config
-from .base import Engine, MissingBackendError, physical_cores
+from .base import Engine, physical_cores, require_backend
 
 SHARD_MIN_PER_CORE = 4
 
 
 def _interpreter_class():
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        raise MissingBackendError("litert", "ai-edge-litert") from None
-    return Interpreter
+    return require_backend("litert", "ai_edge_litert.interpreter").Interpreter
 
 
 def read_tflite_metadata(data: bytes) -> dict[str, str]:

@@ -15,16 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..export.metadata import parse_metadata
 from ..models.registry import get_config
-from .base import Engine, MissingBackendError, physical_cores
+from .base import Engine, physical_cores, require_backend
 
 
 def _ort():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise MissingBackendError("onnxruntime", "onnxruntime") from None
-    return onnxruntime
+    return require_backend("onnxruntime", "onnxruntime")
 
 
 SHARD_MIN_PER_CORE = 4
@@ -54,8 +51,6 @@ class OnnxRuntimeEngine(Engine):
 
     def __init__(self, model: bytes | str | Path, *, threads: int | None = None,
                  shards: bool = True):
-        from ..export.metadata import parse_metadata
-
         threads = threads or physical_cores()
         source = str(model) if isinstance(model, Path) else model
         first = _session(source, threads)

@@ -25,31 +25,18 @@ from pathlib import Path
 
 import numpy as np
 
+from ..export.metadata import read_rt_metadata
 from ..models.registry import get_config
-from .base import Engine, MissingBackendError, physical_cores
+from .base import Engine, physical_cores, require_backend
 
 log = logging.getLogger(__name__)
 
-RT_INFO_KEY = "mobilevec"
 SHARD_MIN_PER_STREAM = 4
 STATIC_SHAPES = 4
 
 
 def _ov():
-    try:
-        import openvino
-    except ImportError:
-        raise MissingBackendError("openvino", "openvino") from None
-    return openvino
-
-
-def read_rt_metadata(model) -> dict[str, str]:
-    """The mobilevec metadata (unprefixed keys) of an ``openvino.Model``."""
-    if not model.has_rt_info([RT_INFO_KEY]):
-        return {}
-    info = model.get_rt_info()[RT_INFO_KEY]
-    return {str(k): str(v.astype(str) if hasattr(v, "astype") else v)
-            for k, v in info.items()}
+    return require_backend("openvino", "openvino")
 
 
 class OpenVinoEngine(Engine):

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+from .._optional import require
 from .fused import FusedNet, fuse
 from .metadata import build_metadata, source_sha256
 from .quantize import PLACEMENTS, Placement, calibration_paths
@@ -34,13 +35,11 @@ __all__ = ["PLACEMENTS", "FusedNet", "calibration_paths", "default_int8_placemen
 
 
 def _require_onnx():
-    try:
-        import onnx
-    except ImportError:
-        from ..engines.base import MissingBackendError
+    return require("onnx", "onnx", purpose="ONNX export")
 
-        raise MissingBackendError("onnxruntime", "onnx") from None
-    return onnx
+
+def _require_openvino():
+    return require("openvino", "openvino", purpose="OpenVINO export")
 
 
 def onnx_model(model, *, nhwc: bool = False, image_size: int | tuple[int, int] | None = None,
@@ -71,10 +70,9 @@ def onnx_model(model, *, nhwc: bool = False, image_size: int | tuple[int, int] |
 
 def openvino_model(proto):
     """An ``openvino.Model`` converted from a mobilevec ONNX model, metadata in rt_info."""
-    from ..engines.openvino_engine import RT_INFO_KEY, _ov
-    from .metadata import parse_metadata
+    from .metadata import RT_INFO_KEY, parse_metadata
 
-    ov = _ov()
+    ov = _require_openvino()
     with tempfile.TemporaryDirectory(prefix="mobilevec-ov-") as tmp:
         path = Path(tmp) / "model.onnx"
         path.write_bytes(proto.SerializeToString())
@@ -87,12 +85,9 @@ def openvino_model(proto):
 def tflite_bytes(model, *, image_size: int | tuple[int, int] | None = None,
                  source: str | Path | None = None) -> bytes:
     """The float32 NHWC ``.tflite`` of ``model`` (see :mod:`.tflite_writer`)."""
-    try:
-        from .tflite_writer import to_tflite
-    except ImportError:
-        from ..engines.base import MissingBackendError
+    require("tflite", "litert", purpose=".tflite export")
+    from .tflite_writer import to_tflite
 
-        raise MissingBackendError("litert", "tflite") from None
     net = fuse(model, image_size)
     return to_tflite(net, build_metadata(net.model, net.num_features, net.image_size,
                                          nhwc=True, source=source))
@@ -103,9 +98,9 @@ def exported_metadata(path: str | Path) -> dict[str, str]:
     ``.xml`` file."""
     path = Path(path)
     if path.suffix == ".xml":
-        from ..engines.openvino_engine import _ov, read_rt_metadata
+        from .metadata import read_rt_metadata
 
-        return read_rt_metadata(_ov().Core().read_model(str(path)))
+        return read_rt_metadata(_require_openvino().Core().read_model(str(path)))
     from .metadata import parse_metadata
 
     onnx = _require_onnx()
@@ -147,10 +142,8 @@ def export(model, path: str | Path, format: Format = "onnx", *, nhwc: bool = Fal
         onnx.save(proto, str(path))
         written = [path]
     elif format == "openvino":
-        from ..engines.openvino_engine import _ov
-
         xml = path.with_suffix(".xml")
-        _ov().save_model(openvino_model(proto), str(xml), compress_to_fp16=False)
+        _require_openvino().save_model(openvino_model(proto), str(xml), compress_to_fp16=False)
         written = [xml, xml.with_suffix(".bin")]
     else:
         raise ValueError(f"unknown export format {format!r}; use onnx, openvino or tflite")

@@ -1,47 +1,34 @@
-"""The metadata block every exported model carries, and the hash of its source weights.
+"""The metadata block every exported model carries, and where each format keeps it.
 
 Keys (all strings, prefixed ``mobilevec.``): ``model`` (registry name), ``num_features``,
 ``input`` (the input contract in words), ``layout`` (NCHW or NHWC), ``image_size``
 ("H,W"), ``precision`` (fp32 or int8), ``source`` (file name of the weights) and
-``source_sha256`` (see :func:`source_sha256`), ``version`` (mobilevec's).
+``source_sha256`` (the weights' identity, :func:`mobilevec._io.sha256_tree`), ``version``
+(mobilevec's). ONNX keeps the block in ``metadata_props``, OpenVINO IR in the model's
+rt_info under :data:`RT_INFO_KEY`.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
+from .._io import sha256_tree
+from .._version import __version__
+
 PREFIX = "mobilevec."
+RT_INFO_KEY = "mobilevec"  # OpenVINO rt_info section of the block
 INPUT_CONTRACT = "float32 RGB in [0, 1], scaled to [-1, 1] inside; batch dimension dynamic"
 
 
 def source_sha256(path: str | Path | None) -> str:
-    """sha256 of a weights artifact: of the file's bytes, or for a directory of the lines
-    ``<relative path>\\t<sha256 of file>`` of its files in sorted order. "" for None."""
-    if path is None:
-        return ""
-    path = Path(path)
-    if path.is_file():
-        return _file_sha256(path)
-    lines = [f"{p.relative_to(path).as_posix()}\t{_file_sha256(p)}\n"
-             for p in sorted(path.rglob("*")) if p.is_file()]
-    return hashlib.sha256("".join(lines).encode()).hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """The identity of a weights artifact (:func:`mobilevec._io.sha256_tree`); "" for None."""
+    return "" if path is None else sha256_tree(path)
 
 
 def build_metadata(model_name: str, num_features: int, image_size: tuple[int, int], *,
                    nhwc: bool = False, precision: str = "fp32",
                    source: str | Path | None = None) -> dict[str, str]:
     """The metadata block (prefixed keys, string values) of an exported model."""
-    from .._version import __version__
-
     h, w = image_size
     return {f"{PREFIX}{k}": str(v) for k, v in {
         "model": model_name,
@@ -59,3 +46,12 @@ def build_metadata(model_name: str, num_features: int, image_size: tuple[int, in
 def parse_metadata(props: dict[str, str]) -> dict[str, str]:
     """The mobilevec keys of ``props`` without their prefix (empty if there are none)."""
     return {k[len(PREFIX):]: v for k, v in props.items() if k.startswith(PREFIX)}
+
+
+def read_rt_metadata(model) -> dict[str, str]:
+    """The mobilevec metadata (unprefixed keys) of an ``openvino.Model``."""
+    if not model.has_rt_info([RT_INFO_KEY]):
+        return {}
+    info = model.get_rt_info()[RT_INFO_KEY]
+    return {str(k): str(v.astype(str) if hasattr(v, "astype") else v)
+            for k, v in info.items()}

@@ -32,12 +32,12 @@ import numpy as np
 
 from mobilevec.errors import WeightsError
 from mobilevec.formats import _protobuf as pb
+from mobilevec.formats.object_graph import OBJECT_GRAPH_KEY, resolve_object_graph
 
 __all__ = [
     "DROPPED_NAMES",
     "DROPPED_SUFFIXES",
     "EMA_SUFFIX",
-    "OBJECT_GRAPH_KEY",
     "crc32c",
     "is_tensor_bundle",
     "read_tensor_bundle",
@@ -50,8 +50,6 @@ logger = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 
 EMA_SUFFIX = "/ExponentialMovingAverage"
-# Key of the serialized TrackableObjectGraph in object-based (TF2) bundles.
-OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 # Training state that is not part of the model, dropped by read_tf_checkpoint:
 # whole names, and last path components of optimizer slot variables (``X/Momentum`` ...).
 DROPPED_NAMES = frozenset({"global_step", "save_counter", "beta1_power", "beta2_power"})
@@ -622,8 +620,6 @@ def read_tf_checkpoint(path: PathLike, *, ema: bool = True) -> dict[str, np.ndar
     prefix = _resolve_prefix(path)
     tensors = _read_bundle_at(prefix)
     if OBJECT_GRAPH_KEY in tensors:
-        from mobilevec.formats.saved_model import resolve_object_graph  # avoids an import cycle
-
         tensors = resolve_object_graph(tensors, Path(f"{prefix}.index"))
     variables = select_variables(tensors, ema=ema)
     logger.info("read %d variables from TF checkpoint %s", len(variables), prefix)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from ..errors import DownloadError
+from ..errors import DownloadError, NetworkError
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,6 @@ MAX_REDIRECTS = 10  # tfhub.dev -> Kaggle -> storage takes about 3
 USER_AGENT = "mobilevec (urllib)"
 SCHEMES = ("http", "https", "file")
 _REDIRECT_CODES = (301, 302, 303, 307, 308)
-
-
-class NetworkError(DownloadError):
-    """The connection failed (refused, DNS, timeout, cut mid-stream); the file may be fine."""
 
 
 @dataclass(frozen=True)

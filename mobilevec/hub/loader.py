@@ -22,10 +22,10 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
-from ..api import create
 from ..errors import MobilevecError, WeightsError
 from ..formats.detect import Weights, detect_format, read_weights
 from ..formats.safetensors_format import read_safetensors_metadata, write_safetensors
+from ..models.factory import create_model
 from ..models.mobilenet import MobileNet
 from ..models.names import to_tf_variables
 from ..models.registry import MODELS, infer_model
@@ -131,7 +131,7 @@ def load(handle: str | Path, trainable: bool = False, arguments: dict[str, Any] 
         name = _infer(weights if isinstance(weights, Weights) else read_weights(weights))
     if name not in MODELS:
         raise WeightsError(resolved.path, f"names model {name!r}, which mobilevec does not know")
-    net = create(name, weights=weights, trainable=trainable, batch_norm_momentum=momentum)
+    net = create_model(name, weights=weights, trainable=trainable, batch_norm_momentum=momentum)
     if converted is not None and ema and not converted.is_file():
         _write_converted(net, converted, resolved, cache)
     if resolved.kind == "classification":

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 
 from ..errors import WeightsError
 from .specs import ResolvedBlock, ResolvedConv
@@ -35,41 +34,100 @@ class VariableName:
     layout: Layout
 
 
-def _conv_bn(module: str, scope: str, has_bn: bool, kernel_name: str = "weights",
-             layout: Layout = "conv") -> list[VariableName]:
-    names = [VariableName(f"{module}.conv.weight", f"{scope}/{kernel_name}", layout)]
+@dataclass(frozen=True)
+class Variable:
+    """A variable of a model: its names, layout and PyTorch shape."""
+
+    name: VariableName
+    torch_shape: tuple[int, ...]
+
+    @property
+    def tf_shape(self) -> tuple[int, ...]:
+        return tf_shape(self.torch_shape, self.name.layout)
+
+
+def _conv_bn(module: str, scope: str, in_channels: int, out_channels: int, kernel: int,
+             has_bn: bool, depthwise: bool = False) -> list[Variable]:
+    kernel_name, layout = ("depthwise_weights", "depthwise") if depthwise else ("weights", "conv")
+    shape = (out_channels, 1 if depthwise else in_channels, kernel, kernel)
+    variables = [Variable(VariableName(f"{module}.conv.weight", f"{scope}/{kernel_name}",
+                                       layout), shape)]
     if has_bn:
-        names += [VariableName(f"{module}.bn.{t}", f"{scope}/BatchNorm/{f}", "vector")
-                  for t, f in _BN_FIELDS]
+        variables += [Variable(VariableName(f"{module}.bn.{t}", f"{scope}/BatchNorm/{f}",
+                                            "vector"), (out_channels,))
+                      for t, f in _BN_FIELDS]
     else:
-        names.append(VariableName(f"{module}.conv.bias", f"{scope}/biases", "vector"))
-    return names
+        variables.append(Variable(VariableName(f"{module}.conv.bias", f"{scope}/biases",
+                                               "vector"), (out_channels,)))
+    return variables
+
+
+def _squeeze_excite(module: str, scope: str, channels: int, squeeze: int) -> list[Variable]:
+    variables = []
+    for part, tf_part, (out, inp) in (("reduce", "Conv", (squeeze, channels)),
+                                      ("expand", "Conv_1", (channels, squeeze))):
+        m, s = f"{module}.squeeze_excite.{part}", f"{scope}/squeeze_excite/{tf_part}"
+        variables += [Variable(VariableName(f"{m}.weight", f"{s}/weights", "conv"),
+                               (out, inp, 1, 1)),
+                      Variable(VariableName(f"{m}.bias", f"{s}/biases", "vector"), (out,))]
+    return variables
+
+
+def model_variables(config, num_classes: int | None = None) -> list[Variable]:
+    """Every state-dict tensor of the module of ``config`` (a
+    :class:`~mobilevec.models.registry.ModelConfig`), with a ``num_classes``-way classifier
+    when given: TF-Slim name, layout and shape, in network order, from the architecture
+    table alone (no module is built). BN's ``num_batches_tracked`` has no TF twin."""
+    root = config.spec.root_scope
+    variables: list[Variable] = []
+    for layer in config.resolved_layers():
+        scope, module = f"{root}/{layer.spec.scope}", f"layers.{layer.spec.scope}"
+        if isinstance(layer, ResolvedConv):
+            variables += _conv_bn(module, scope, layer.in_channels, layer.out_channels,
+                                  layer.spec.kernel, layer.spec.batch_norm)
+        elif isinstance(layer, ResolvedBlock):
+            if layer.has_expand:
+                variables += _conv_bn(f"{module}.expand", f"{scope}/expand",
+                                      layer.in_channels, layer.expanded_channels, 1, True)
+            variables += _conv_bn(f"{module}.depthwise", f"{scope}/depthwise",
+                                  layer.expanded_channels, layer.expanded_channels,
+                                  layer.spec.kernel, True, depthwise=True)
+            if layer.squeeze_channels:
+                variables += _squeeze_excite(module, scope, layer.expanded_channels,
+                                             layer.squeeze_channels)
+            variables += _conv_bn(f"{module}.project", f"{scope}/project",
+                                  layer.expanded_channels, layer.out_channels, 1, True)
+    if num_classes:
+        features = config.num_features
+        variables += [
+            Variable(VariableName("classifier.weight", f"{root}/{LOGITS_SCOPE}/weights",
+                                  "classifier"), (num_classes, features)),
+            Variable(VariableName("classifier.bias", f"{root}/{LOGITS_SCOPE}/biases",
+                                  "vector"), (num_classes,))]
+    return variables
 
 
 def variable_names(model) -> list[VariableName]:
-    """Every state-dict tensor of ``model`` (a :class:`~mobilevec.model.MobileNet`) with its
-    TF-Slim name and layout, in network order. BN's ``num_batches_tracked`` has no TF twin."""
-    root = model.config.spec.root_scope
-    names: list[VariableName] = []
-    for layer in model.config.resolved_layers():
-        scope, module = f"{root}/{layer.spec.scope}", f"layers.{layer.spec.scope}"
-        if isinstance(layer, ResolvedConv):
-            names += _conv_bn(module, scope, layer.spec.batch_norm)
-        elif isinstance(layer, ResolvedBlock):
-            if layer.has_expand:
-                names += _conv_bn(f"{module}.expand", f"{scope}/expand", True)
-            names += _conv_bn(f"{module}.depthwise", f"{scope}/depthwise", True,
-                              "depthwise_weights", "depthwise")
-            if layer.squeeze_channels:
-                for part, tf_part in (("reduce", "Conv"), ("expand", "Conv_1")):
-                    m, s = f"{module}.squeeze_excite.{part}", f"{scope}/squeeze_excite/{tf_part}"
-                    names += [VariableName(f"{m}.weight", f"{s}/weights", "conv"),
-                              VariableName(f"{m}.bias", f"{s}/biases", "vector")]
-            names += _conv_bn(f"{module}.project", f"{scope}/project", True)
-    if model.classifier is not None:
-        names += [VariableName("classifier.weight", f"{root}/{LOGITS_SCOPE}/weights", "classifier"),
-                  VariableName("classifier.bias", f"{root}/{LOGITS_SCOPE}/biases", "vector")]
-    return names
+    """Every state-dict tensor of ``model`` (a :class:`~mobilevec.models.mobilenet.MobileNet`)
+    with its TF-Slim name and layout, in network order. BN's ``num_batches_tracked`` has no
+    TF twin."""
+    classes = model.classifier.out_features if model.classifier is not None else None
+    return [v.name for v in model_variables(model.config, classes)]
+
+
+def tf_shape(torch_shape: tuple[int, ...], layout: Layout) -> tuple[int, ...]:
+    """The TF-layout shape of a tensor of PyTorch shape ``torch_shape`` (see
+    :func:`torch_to_tf`)."""
+    if layout == "conv":  # OIHW → HWIO
+        o, i, h, w = torch_shape
+        return h, w, i, o
+    if layout == "depthwise":  # [C, 1, k, k] → [k, k, C, 1]
+        c, one, h, w = torch_shape
+        return h, w, c, one
+    if layout == "classifier":  # [K, D] → [1, 1, D, K]
+        k, d = torch_shape
+        return 1, 1, d, k
+    return tuple(torch_shape)
 
 
 def tf_to_torch(array: np.ndarray, layout: Layout) -> np.ndarray:
@@ -130,9 +188,9 @@ def _check(v: VariableName, array: np.ndarray | None, expected: tuple[int, ...])
         return "missing"
     if not np.issubdtype(array.dtype, np.floating):
         return f"dtype {array.dtype} is not floating point"
-    tf_shape = tuple(torch_to_tf(np.empty(expected), v.layout).shape)
-    if tuple(array.shape) != tf_shape:
-        return f"shape {tuple(array.shape)} does not fit the model (expects {tf_shape})"
+    wanted = tf_shape(expected, v.layout)
+    if tuple(array.shape) != wanted:
+        return f"shape {tuple(array.shape)} does not fit the model (expects {wanted})"
     if not np.all(np.isfinite(array)):
         return "holds NaN or infinite values"
     return None
@@ -162,6 +220,8 @@ def load_tf_variables(model, variables: dict[str, np.ndarray],
                f"{'…' if len(problems) > 5 else ''})" if len(problems) > 1 else ""
         raise WeightsError(src, f"{why}{more}; is this artifact a {model.config.name}?",
                            variable=variable)
+    import torch
+
     with torch.no_grad():
         for v in names:
             array = np.asarray(variables[v.tf_name], dtype=np.float32)

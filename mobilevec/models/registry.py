@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UnknownModelError
+from .names import model_variables
 from .specs import ARCHITECTURES, ArchSpec, ResolvedLayer, resolve
 
 
@@ -79,11 +80,10 @@ def infer_model(shapes: dict[str, tuple[int, ...]], image_size: int | None = Non
 
     ``shapes`` maps variable names to shapes (extra variables, such as logits, are
     allowed). Variants that differ only in input size share weights: the published
-    ``image_size`` (default 224) picks among them. Raises :class:`UnknownModelError`.
+    ``image_size`` (default 224) picks among them. The expected shapes come from the
+    architecture tables (:func:`~mobilevec.models.names.model_variables`); no module is
+    built. Raises :class:`UnknownModelError`.
     """
-    from .mobilenet import MobileNet
-    from .names import torch_to_tf, variable_names
-
     wanted = image_size or 224
     candidates = sorted(MODELS.values(), key=lambda c: (c.image_size != wanted, c.name))
     seen_archs: set[tuple[str, float]] = set()
@@ -93,11 +93,8 @@ def infer_model(shapes: dict[str, tuple[int, ...]], image_size: int | None = Non
         seen_archs.add((config.arch, config.multiplier))
         if not any(name.startswith(config.spec.root_scope + "/") for name in shapes):
             continue
-        model = MobileNet(config)
-        state = model.state_dict()
-        if all(tuple(shapes.get(v.tf_name, ())) ==
-               torch_to_tf(state[v.torch_key].numpy(), v.layout).shape
-               for v in variable_names(model)):
+        if all(tuple(shapes.get(v.name.tf_name, ())) == v.tf_shape
+               for v in model_variables(config)):
             return config.name
     raise UnknownModelError("these weights match no known MobileNet variant; pass the model "
                             f"name explicitly (known: {', '.join(list_models())})")

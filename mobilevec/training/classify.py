@@ -21,11 +21,11 @@ def load_classifier(run_dir: str | Path, backend: str = "torch") -> tuple[Classi
     ``backend`` other than "torch" computes the backbone's features on that inference
     engine (:mod:`mobilevec.engines`, at the run's input size); the head stays in torch.
     """
-    from ..api import create
+    from ..models.factory import create_model
 
     run = RunFolder(Path(run_dir))
     spec = run.spec()
-    backbone = create(spec["model"], weights=run.model_path(), trainable=False)
+    backbone = create_model(spec["model"], weights=run.model_path(), trainable=False)
     head = spec.get("head", {})
     classifier = Classifier(backbone, len(spec["class_names"]), head.get("dropout", 0.0),
                             head.get("normalize_features", False),

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import MobilevecError
+from ..errors import RunError
 from ..formats.safetensors_format import (
     read_safetensors,
     read_safetensors_metadata,
@@ -43,10 +43,6 @@ SPEC, MODEL, CHECKPOINT, CHECKPOINT_META = ("run.json", "model.safetensors",
 FEATURES, METRICS_CSV, METRICS_JSON = "features.safetensors", "metrics.csv", "metrics.json"
 _OPTIMIZER_PREFIX = "optimizer/"
 _RNG_KEY = "rng/torch"
-
-
-class RunError(MobilevecError):
-    """A run folder that is missing, incomplete or does not fit the request."""
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -701,10 +701,10 @@ def train(backbone: MobileNet | None, data_dir: str | Path, out: str | Path,
         config = recorded
         data_dir, val_dir = previous["data"]["train_dir"], previous["data"].get("val_dir")
         weights_source = previous.get("weights_source")
-        from ..api import create
+        from ..models.factory import create_model
 
         # the frozen backbone (and the head, overwritten below) as the run started
-        backbone = create(previous["model"], weights=run.model_path())
+        backbone = create_model(previous["model"], weights=run.model_path())
     config = config or TrainConfig()
     if backbone is None:
         raise MobilevecError("train() needs a backbone model unless it resumes a run")

@@ -1,0 +1,57 @@
+"""Build the torch module of a model name from (optionally) weights; save its weights."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..errors import WeightsError
+from ..formats.detect import Weights, read_weights
+from ..formats.safetensors_format import write_safetensors
+from .mobilenet import MobileNet
+from .names import load_tf_variables, logits_classes, to_tf_variables
+from .registry import get_config
+
+log = logging.getLogger(__name__)
+
+
+def create_model(name: str, weights: str | Path | Weights | None = None, *,
+                 trainable: bool = True, batch_norm_momentum: float | None = None,
+                 ema: bool = True) -> MobileNet:
+    """Build model ``name`` (see :func:`~mobilevec.models.registry.list_models`) in eval mode.
+
+    ``weights``: any supported artifact, file or directory, recognised by content (TF
+    checkpoint, SavedModel, Keras ``.h5``, ``.tflite``, ``.safetensors``, ``.npy``
+    directory), or :class:`~mobilevec.formats.detect.Weights` already read; ``None`` gives
+    random initialisation. A classifier is attached when the weights carry a complete
+    ``Logits`` layer. ``ema`` selects a TF checkpoint's moving averages (TF Hub's choice).
+    ``batch_norm_momentum`` uses TF's convention (decay). ``trainable=False`` freezes the
+    weights and keeps BatchNorm in inference mode, like ``hub.KerasLayer(trainable=False)``.
+
+    The returned module maps float32 NCHW RGB in [0, 1] to ``(N, num_features)``.
+    """
+    config = get_config(name)
+    model = MobileNet(config)
+    if weights is not None:
+        loaded = weights if isinstance(weights, Weights) else read_weights(weights, ema=ema)
+        root = config.spec.root_scope
+        if loaded.root_scope not in (None, root):
+            raise WeightsError(loaded.path, f"holds {loaded.root_scope} variables but {name} "
+                               f"is a {root}; pick a matching model name")
+        classes = logits_classes(loaded.variables, root)
+        if classes:
+            model.set_num_classes(classes, background_class=classes == 1001)
+        load_tf_variables(model, loaded.variables, loaded.path)
+    if batch_norm_momentum is not None:
+        model.set_batch_norm_momentum(batch_norm_momentum)
+    model.trainable = trainable
+    return model.eval()
+
+
+def save_model(model: MobileNet, path: str | Path) -> Path:
+    """Write ``model``'s weights as mobilevec safetensors (TF-Slim names, TF layout)."""
+    metadata = {"model": model.config.name}
+    if model.classifier is not None:
+        metadata["num_classes"] = str(model.classifier.out_features)
+    return write_safetensors(to_tf_variables(model), path, metadata)
+
