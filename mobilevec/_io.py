@@ -15,13 +15,15 @@ same over the prefix's files (``model.ckpt.index``, ``model.ckpt.data-*``).
 
 from __future__ import annotations
 
+import csv
 import glob
 import hashlib
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
 _CHUNK = 1 << 20
 TMP_MARK = ".tmp-"
@@ -73,12 +75,24 @@ def atomic_write_text(target: str | Path, text: str) -> Path:
     return atomic_write(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def hash_file(digest: Any, path: str | Path, limit: int | None = None) -> int:
+    """Feed the bytes of ``path`` (the first ``limit`` of them, when given) to ``digest``;
+    returns how many were read (fewer than ``limit`` when the file is shorter)."""
+    done = 0
+    with open(path, "rb") as f:
+        while limit is None or done < limit:
+            chunk = f.read(_CHUNK if limit is None else min(_CHUNK, limit - done))
+            if not chunk:
+                break
+            digest.update(chunk)
+            done += len(chunk)
+    return done
+
+
 def sha256_file(path: str | Path) -> str:
     """sha256 (hex) of a file's bytes, read in 1 MiB chunks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
+    hash_file(digest, path)
     return digest.hexdigest()
 
 
@@ -105,3 +119,12 @@ def sha256_tree(path: str | Path) -> str:
     base, files = tree_files(path)
     lines = "".join(f"{p.relative_to(base).as_posix()}\t{sha256_file(p)}\n" for p in files)
     return hashlib.sha256(lines.encode("utf-8")).hexdigest()
+
+
+def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:
+    """``header`` then ``rows`` as UTF-8 CSV at ``path`` (wrap in :func:`atomic_write` to
+    replace a file that readers may have open)."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)

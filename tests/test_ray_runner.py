@@ -20,7 +20,8 @@ from mobilevec.cli.app import main
 from mobilevec.data.images import load_image
 from mobilevec.embedding.batching import Preprocessing
 from mobilevec.embedding.pipeline import run_embed, store_meta
-from mobilevec.embedding.store import StoreError, file_key, read_errors, read_store
+from mobilevec.embedding.store import file_key, read_errors, read_store
+from mobilevec.errors import MissingDependencyError
 
 SIZE = 64  # small inputs: the comparisons do not need 224 pixels, the 2-core CI does
 
@@ -204,5 +205,5 @@ def test_missing_ray_is_a_clear_error(monkeypatch):
     from mobilevec.embedding.ray_runner import require_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # what an environment without Ray does
-    with pytest.raises(StoreError, match=r"pip install 'mobilevec\[ray\]'"):
+    with pytest.raises(MissingDependencyError, match=r"pip install 'mobilevec\[ray\]'"):
         require_ray()

@@ -8,9 +8,10 @@ mismatch); 2 a usage error; 130 interrupted by Ctrl-C (what was committed is kep
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
+
+from .._io import write_csv
 
 EXIT_OK, EXIT_ERROR, EXIT_FAILED_FILES, EXIT_INTERRUPTED = 0, 1, 3, 130
 _SHOWN_ERRORS = 20
@@ -198,7 +199,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                 print(f"  {rank:3d}  {score:8.4f}  {stored.paths[i]}")
                 rows.append((str(query), rank, f"{score:.6f}", stored.paths[i]))
     if args.csv:
-        _write_csv(args.csv, ("query", "rank", "cosine", "path"), rows)
+        write_csv(args.csv, ("query", "rank", "cosine", "path"), rows)
     return EXIT_FAILED_FILES if failures else EXIT_OK
 
 
@@ -221,15 +222,8 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     print(f"{len(groups)} groups of near-duplicates (cosine >= {args.threshold}) among "
           f"{len(stored.paths)} images; {duplicates} could go, keeping one per group")
     if args.csv:
-        _write_csv(args.csv, ("group", "path", "cosine_to_first"), rows)
+        write_csv(args.csv, ("group", "path", "cosine_to_first"), rows)
     return EXIT_OK
-
-
-def _write_csv(path: str, header, rows) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
 
 
 # --- registration ------------------------------------------------------------------------

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._io import atomic_write, atomic_write_text
+from .._optional import available, require
 from .store import StoredVectors, store_paths
 
 log = logging.getLogger(__name__)
@@ -26,11 +28,7 @@ METHODS = ("auto", "exact", "usearch")
 
 
 def index_available() -> bool:
-    try:
-        import usearch.index  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return available("usearch")
 
 
 def store_signature(output: str | Path) -> dict:
@@ -69,10 +67,8 @@ def load_or_build_index(output: str | Path, stored: StoredVectors):
     log.info("building an HNSW index of %d vectors in %s", len(stored.paths), index_file)
     index = _build(stored.vectors)
     try:
-        tmp = index_file.with_name(index_file.name + ".tmp")
-        index.save(str(tmp))
-        tmp.replace(index_file)
-        signature_file.write_text(json.dumps(signature))
+        atomic_write(index_file, lambda tmp: index.save(str(tmp)))
+        atomic_write_text(signature_file, json.dumps(signature))
     except OSError as e:
         log.warning("could not save the index in %s (%s); it is rebuilt next time", root, e)
     return index
@@ -96,9 +92,7 @@ def neighbours(output: str | Path, stored: StoredVectors, queries: np.ndarray, k
         method = "usearch" if large and index_available() else "exact"
     if method == "exact":
         return (*cosine_neighbours(queries, stored.vectors, k), "exact")
-    if not index_available():
-        raise MobilevecError("--index usearch needs the usearch package: "
-                             "pip install 'mobilevec[index]'")
+    require("usearch.index", "index", purpose="--index usearch")
     index = load_or_build_index(output, stored)
     k = min(k, len(stored.paths))
     queries = np.ascontiguousarray(np.atleast_2d(queries), np.float32)

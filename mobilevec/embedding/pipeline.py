@@ -8,8 +8,6 @@ hand; SIGKILL loses at most the batch being written.
 
 from __future__ import annotations
 
-import glob
-import hashlib
 import logging
 import os
 import time
@@ -22,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._io import sha256_tree
 from .._version import __version__
 from .batching import DEFAULT_BATCH_SIZE, Preprocessing, embed_batches, model_fingerprint
 from .store import Key, VectorStore, file_key
@@ -46,32 +45,6 @@ class RunSummary:
         return (self.ok + self.failed) / self.seconds if self.seconds > 0 else 0.0
 
 
-def weights_sha256(weights: str | Path | None) -> str | None:
-    """sha256 of a weights file, or of the (relative name, file sha256) list of a folder or
-    of a TF checkpoint prefix's files."""
-    if weights is None:
-        return None
-    weights = Path(weights)
-    if weights.is_dir():
-        files = sorted(p for p in weights.rglob("*") if p.is_file())
-    elif not weights.exists():  # a TF checkpoint prefix: its .index and .data-* files
-        files = sorted(weights.parent.glob(glob.escape(weights.name) + ".*"))
-        weights = weights.parent
-    else:
-        files = [weights]
-    outer = hashlib.sha256()
-    for path in files:
-        inner = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda f=f: f.read(1 << 20), b""):
-                inner.update(block)
-        if weights.is_dir():
-            outer.update(f"{path.relative_to(weights).as_posix()}\0{inner.hexdigest()}\n".encode())
-        else:
-            outer = inner
-    return outer.hexdigest()
-
-
 def store_meta(model: torch.nn.Module, prep: Preprocessing, *, normalize: bool = False,
                half: bool = False, weights: str | Path | None = None,
                source: str | None = None, fingerprint: str | None = None) -> dict:
@@ -89,7 +62,7 @@ def store_meta(model: torch.nn.Module, prep: Preprocessing, *, normalize: bool =
         "normalize": bool(normalize),
         "preprocessing": {"size": list(prep.size), "crop": prep.crop, "draft": prep.draft},
         "weights": os.path.abspath(weights) if weights is not None else None,
-        "weights_sha256": weights_sha256(weights),
+        "weights_sha256": None if weights is None else sha256_tree(weights),
         "source": source,
         "mobilevec": __version__,
     }

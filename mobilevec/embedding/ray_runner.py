@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .._optional import require
 from ..errors import MobilevecError
 from .batching import DEFAULT_BATCH_SIZE, Preprocessing, embed_batches, model_fingerprint
 from .pipeline import RunSummary, _keys
@@ -49,12 +50,9 @@ _POLL_S = 0.5
 
 def require_ray():
     """The ``ray`` module, or a clear error saying how to install it."""
-    try:
-        import ray
-        import ray.data  # noqa: F401 - the extra must bring Ray Data, not only Ray core
-    except ImportError:
-        raise StoreError("--runner ray needs Ray Data: pip install 'mobilevec[ray]'") from None
-    return ray
+    # The extra must bring Ray Data, not only Ray core.
+    require("ray.data", "ray", purpose="--runner ray (Ray Data)")
+    return require("ray", "ray")
 
 
 class _Tally:

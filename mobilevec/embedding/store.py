@@ -36,12 +36,13 @@ import os
 import re
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .._io import TMP_MARK, atomic_write, fsync_dir, write_csv
+from .._optional import require
 from ..errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -74,44 +75,13 @@ def file_key(path: str | Path) -> Key:
 
 
 def _require_pyarrow():
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise StoreError("Parquet output needs pyarrow: pip install 'mobilevec[parquet]' (or "
-                         "write -o FILE.npy instead)") from None
-    return pa, pq
-
-
-def _atomic_write(target: Path, write) -> None:
-    """``write(tmp_path)``, fsync, then rename to ``target``: all or nothing."""
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        with suppress(FileNotFoundError):
-            tmp.unlink()
-    with suppress(OSError):  # make the rename itself durable (not possible everywhere)
-        fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    pa = require("pyarrow", "parquet", purpose="Parquet output (or -o FILE.npy)")
+    return pa, require("pyarrow.parquet", "parquet", purpose="Parquet output")
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
     with open(path, "wb") as f:
         np.save(f, array)
-
-
-def _write_csv(path: Path, header: Sequence[str], rows) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
 
 
 def _read_csv(path: Path) -> list[list[str]]:
@@ -151,7 +121,7 @@ class _ParquetParts:
 
     def write(self, target: Path, keys: Sequence[Key], vectors: np.ndarray) -> None:
         table = self._table(keys, vectors)
-        _atomic_write(target, lambda tmp: self.pq.write_table(
+        atomic_write(target, lambda tmp: self.pq.write_table(
             table, tmp, row_group_size=ROW_GROUP_ROWS, use_dictionary=self.DICTIONARY_COLUMNS))
 
     def write_merged(self, target: Path, sources: list[Path]) -> None:
@@ -168,7 +138,7 @@ class _ParquetParts:
                         pending, rows = [], 0
                 if pending:
                     writer.write_table(self.pa.concat_tables(pending), ROW_GROUP_ROWS)
-        _atomic_write(target, write)
+        atomic_write(target, write)
 
     def read_keys(self, part: Path) -> list[Key]:
         t = self.pq.read_table(part, columns=["path", "size", "mtime_ns"])
@@ -195,15 +165,15 @@ class _NpyParts:
 
     def write(self, target: Path, keys: Sequence[Key], vectors: np.ndarray) -> None:
         # index first: a part counts only once its .npy exists
-        _atomic_write(self.index_of(target),
-                      lambda tmp: _write_csv(tmp, ("path", "size", "mtime_ns"), keys))
+        atomic_write(self.index_of(target),
+                      lambda tmp: write_csv(tmp, ("path", "size", "mtime_ns"), keys))
         array = np.ascontiguousarray(vectors, self.dtype)
-        _atomic_write(target, lambda tmp: _save_npy(tmp, array))
+        atomic_write(target, lambda tmp: _save_npy(tmp, array))
 
     def write_merged(self, target: Path, sources: list[Path]) -> None:
         keys = [k for s in sources for k in self.read_keys(s)]
-        _atomic_write(self.index_of(target),
-                      lambda tmp: _write_csv(tmp, ("path", "size", "mtime_ns"), keys))
+        atomic_write(self.index_of(target),
+                      lambda tmp: write_csv(tmp, ("path", "size", "mtime_ns"), keys))
 
         def write(tmp: Path) -> None:
             dim = np.load(sources[0], mmap_mode="r").shape[1]
@@ -215,7 +185,7 @@ class _NpyParts:
                 row += len(block)
             out.flush()
             del out
-        _atomic_write(target, write)
+        atomic_write(target, write)
 
     def read_keys(self, part: Path) -> list[Key]:
         return [(p, int(s), int(m)) for p, s, m in _read_csv(self.index_of(part))]
@@ -283,7 +253,7 @@ class VectorStore:
                                  "store (or damaged): pick another -o")
             root.mkdir(parents=True, exist_ok=True)
             meta["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            _atomic_write(meta_path, lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
+            atomic_write(meta_path, lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
         store = cls(output, root, kind, meta)
         store._acquire()
         store._recover()
@@ -318,7 +288,7 @@ class VectorStore:
         """Delete what a killed run left: temporary files, replaced parts, orphan indexes."""
         for folder in (self.root, self.root / "_errors"):
             if folder.is_dir():
-                for tmp in folder.glob(".*.tmp-*"):
+                for tmp in folder.glob(f".*{TMP_MARK}*"):
                     tmp.unlink(missing_ok=True)
         for part in _replaced_parts(self.root, self.codec.suffix):
             log.info("removing %s (already merged)", part)
@@ -347,7 +317,7 @@ class VectorStore:
             folder = self.root / "_errors"
             folder.mkdir(exist_ok=True)
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-            _atomic_write(folder / f"part-{number:06d}.csv", lambda tmp: _write_csv(
+            atomic_write(folder / f"part-{number:06d}.csv", lambda tmp: write_csv(
                 tmp, ("path", "reason", "time"), [(p, r, stamp) for p, r in errors]))
         if len(keys):
             if vectors.shape != (len(keys), self.meta["dim"]):
@@ -363,6 +333,7 @@ class VectorStore:
         with open(part, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(part, target)
+        fsync_dir(self.root)
         self._next += 1
         return target
 
@@ -379,7 +350,7 @@ class VectorStore:
         keys, blocks = self._rows()
         embedded = {k[0] for k in keys}
         errors = read_errors(self.output, embedded)
-        _atomic_write(self.errors_csv, lambda tmp: _write_csv(tmp, ("path", "reason"), errors))
+        atomic_write(self.errors_csv, lambda tmp: write_csv(tmp, ("path", "reason"), errors))
         if self.kind == "npy":
             self._export_npy(keys, blocks)
 
@@ -399,7 +370,7 @@ class VectorStore:
         mask = np.ones(len(keys), bool) if keep is None else np.isin(np.arange(len(keys)), keep)
         kept = [k for k, m in zip(keys, mask, strict=True) if m]
         index = self.output.with_name(self.output.stem + ".index.csv")
-        _atomic_write(index, lambda tmp: _write_csv(tmp, ("path", "size", "mtime_ns"), kept))
+        atomic_write(index, lambda tmp: write_csv(tmp, ("path", "size", "mtime_ns"), kept))
 
         def write(tmp: Path) -> None:
             out = np.lib.format.open_memmap(tmp, "w+", np.dtype(self.meta["dtype"]),
@@ -411,7 +382,7 @@ class VectorStore:
                 row, start = row + len(block), start + count
             out.flush()
             del out
-        _atomic_write(self.output, write)
+        atomic_write(self.output, write)
 
     @property
     def errors_csv(self) -> Path:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._io import atomic_write
 from ..errors import WeightsError
 
 FORMAT_VERSION = "1"
@@ -51,12 +52,9 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
 
 def write_safetensors(variables: dict[str, np.ndarray], path: str | Path,
                       metadata: dict[str, str] | None = None) -> Path:
-    """Write atomically (temp file + rename) so a crash never leaves a half file."""
+    """Write atomically (:func:`mobilevec._io.atomic_write`): a crash never leaves a half file."""
     from safetensors.numpy import save_file
 
-    p = Path(path)
     meta = {"format": "mobilevec", "format_version": FORMAT_VERSION, **(metadata or {})}
-    tmp = p.with_name(p.name + ".tmp")
-    save_file({k: np.ascontiguousarray(v) for k, v in variables.items()}, str(tmp), metadata=meta)
-    tmp.replace(p)
-    return p
+    tensors = {k: np.ascontiguousarray(v) for k, v in variables.items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))

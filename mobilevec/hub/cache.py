@@ -59,13 +59,13 @@ import os
 import re
 import shutil
 import threading
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .._io import atomic_write_text, sha256_file
 from ..errors import DownloadError, MobilevecError, OfflineError
 from . import download as _download
 from .archive import GiB, extract_archive
@@ -217,7 +217,7 @@ def _verify(entry: CacheEntry) -> tuple[bool, str]:
     size = entry.file.stat().st_size
     if size != entry.size:
         return False, f"{entry.file.name} has {size} bytes, {entry.size} recorded"
-    digest = _sha256_file(entry.file)
+    digest = sha256_file(entry.file)
     if digest != entry.sha256:
         return False, (f"{entry.file.name} is corrupt: sha256 {digest}, "
                        f"{entry.sha256} {entry.sha256_source}")
@@ -308,7 +308,7 @@ def _cached_file(folder: Path, url: str, want: str | None,
     if not may_write:
         return None, "needs a check under the lock"
     if st.st_mtime_ns != meta.get("mtime_ns"):
-        digest = _sha256_file(path)
+        digest = sha256_file(path)
         if digest != meta["sha256"]:
             return None, f"{meta['file']} changed on disk (sha256 now {digest})"
         log.info("%s: modified time changed but content is intact", path)
@@ -500,35 +500,7 @@ def _read_meta(folder: Path) -> dict[str, Any] | None:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write atomically: temp file, fsync, rename, fsync the folder."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with tmp.open("w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. Windows, where folders cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def _entry_filename(name: str) -> str:

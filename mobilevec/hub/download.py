@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from .._io import hash_file
 from ..errors import DownloadError, NetworkError
 
 log = logging.getLogger(__name__)
@@ -308,14 +309,8 @@ def _stream(read: Callable[[int], bytes], part: Path, offset: int, total: int | 
 
 
 def _hash_prefix(part: Path, offset: int, digest: Any) -> None:
-    with part.open("rb") as f:
-        left = offset
-        while left:
-            chunk = f.read(min(CHUNK, left))
-            if not chunk:
-                raise DownloadError(f"{part}: partial file shrank while resuming", path=part)
-            digest.update(chunk)
-            left -= len(chunk)
+    if hash_file(digest, part, offset) != offset:
+        raise DownloadError(f"{part}: partial file shrank while resuming", path=part)
 
 
 def _flush(out: Any) -> None:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._optional import require
+
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
     """``(C, C)`` int64 counts: row = true class, column = predicted class."""
@@ -77,16 +79,8 @@ def report_dict(matrix: np.ndarray, class_names: Sequence[str]) -> dict:
 
 
 def _pyplot():
-    try:
-        import matplotlib
-    except ImportError as e:
-        from ..errors import MobilevecError
-
-        raise MobilevecError("figures need matplotlib: pip install 'mobilevec[train]'") from e
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    require("matplotlib", "train", purpose="figures").use("Agg")
+    return require("matplotlib.pyplot", "train")
 
 
 def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: Path,

@@ -19,9 +19,7 @@ complete checkpoint, never a half-written one.
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._io import atomic_write, atomic_write_text, write_csv
 from ..errors import RunError
 from ..formats.safetensors_format import (
     read_safetensors,
@@ -47,9 +46,7 @@ _RNG_KEY = "rng/torch"
 
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as indented JSON, atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def read_json(path: Path) -> Any:
@@ -182,12 +179,9 @@ class RunFolder:
         write_json(self.file(METRICS_JSON), rows)
         if not rows:
             return
-        tmp = self.file(METRICS_CSV + ".tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.file(METRICS_CSV))
+        columns = list(rows[0])
+        atomic_write(self.file(METRICS_CSV), lambda tmp: write_csv(
+            tmp, columns, [[row.get(c) for c in columns] for row in rows]))
 
     def metrics(self) -> list[dict]:
         path = self.file(METRICS_JSON)

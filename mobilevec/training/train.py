@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._io import sha256_tree
 from ..data.augment import DecodedImages, decode_labeled, exact_inputs, random_resized_crop
 from ..data.datasets import LabeledFiles, read_class_folders, split_dataset
 from ..data.images import resize_array
@@ -580,6 +581,7 @@ def _run_spec(classifier: Classifier, data: _Data, config: TrainConfig, size: tu
         "mode": "fine-tune" if config.fine_tune else "frozen",
         "batch_norm": _batch_norm_mode(classifier, config),
         "config": config.to_dict(), "weights_source": weights_source,
+        "weights_sha256": None if weights_source is None else sha256_tree(weights_source),
         "data": {"train_dir": str(data_dir), "val_dir": None if val_dir is None else str(val_dir),
                  "validation": data.val_source, "train_counts": data.train.counts(),
                  "val_counts": data.val.counts(),
