@@ -234,7 +234,8 @@ def test_wrong_sha256_of_a_known_artifact_fails_and_leaves_nothing(server, cache
     from mobilevec.hub import artifacts
 
     url = server.url("/mediapipe-assets/mobilenet_v3_small_075_224_embedder.tflite")
-    monkeypatch.setitem(artifacts.KNOWN_SHA256, url, "0" * 64)
+    pinned = artifacts.Artifact(url, url, "mobilenet_v3_small_075_224", "0" * 64)
+    monkeypatch.setitem(artifacts._KNOWN_BY_URL, url, pinned)
     server.files["/mediapipe-assets/mobilenet_v3_small_075_224_embedder.tflite"] = b"not it"
     with pytest.raises(DownloadError, match="sha256"):
         mobilevec.load(url)

@@ -10,9 +10,7 @@ import sys
 from pathlib import Path
 
 from ..errors import MobilevecError
-from .common import add_model_options
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+from .common import EXIT_ERROR, EXIT_OK, add_model_options, progress_bar
 
 # Modules of this package that add their own sub-commands: each defines
 # ``add_commands(subparsers)`` and keeps its heavy imports inside the command functions.
@@ -21,20 +19,6 @@ _COMMAND_MODULES: list[str] = ["embed", "export", "cache", "train"]
 
 def default_shared_dir(env: str, sub: str) -> Path:
     return Path(os.environ.get(env, Path("..") / "shared" / sub))
-
-
-def progress_bar(total: int, desc: str):
-    """A tqdm bar's update-to callback, or a no-op when tqdm is unavailable."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None, None
-    bar = tqdm(total=total, desc=desc, unit="img", leave=False, file=sys.stderr)
-
-    def update(done: int) -> None:
-        bar.update(done - bar.n)
-
-    return bar, update
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -55,8 +39,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     c = model.config
     params = sum(p.numel() for p in model.parameters())
     print(f"model      {c.name}  ({c.spec.root_scope}, multiplier {c.multiplier})")
-    print(f"input      RGB float32 in [0, 1], published at {c.image_size}x{c.image_size}")
-    print(f"output     {model.num_features}-d feature vector")
+    print(f"input      {c.input.describe()}")
+    print(f"output     {model.num_features}-d feature vector (near-duplicates at cosine >= "
+          f"{c.dedup_threshold:g} by default)")
     print(f"params     {params:,}" + (f" (+ {model.classifier.out_features}-way logits)"
                                      if model.classifier is not None else ""))
     if args.variables:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-EXIT_OK, EXIT_ERROR = 0, 1
+from .common import EXIT_ERROR, EXIT_OK
 
 
 def _size(n: int) -> str:

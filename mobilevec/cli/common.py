@@ -1,19 +1,95 @@
-"""The model options every model-building command shares: ``--model``, ``--weights``, ``--handle``.
+"""What the command groups share: exit codes, progress bars, failure lists, options.
 
-A command adds them with :func:`add_model_options` and builds its model with
-:func:`model_from_args`, so that every command accepts the same three ways of naming weights:
-a registered name with a local artifact (``--model NAME --weights FILE|DIR``), a hub-style
-handle or URL (``--handle H``, downloaded once into the cache; ``--model`` is then optional),
-or a name alone (random weights, for tests and training from scratch).
+Exit status of every command: :data:`EXIT_OK` everything went well; :data:`EXIT_FAILED_FILES`
+some input files failed (each is reported, the rest was done); :data:`EXIT_ERROR` a fatal
+error (bad weights, unusable output, model mismatch); :data:`EXIT_USAGE` a usage error;
+:data:`EXIT_INTERRUPTED` interrupted by Ctrl-C (what was committed is kept).
+
+Model options: a command adds ``--model``, ``--weights`` and ``--handle`` with
+:func:`add_model_options` and builds its model with :func:`model_from_args`, so that every
+command accepts the same three ways of naming weights: a registered name with a local
+artifact (``--model NAME --weights FILE|DIR``), a hub-style handle or URL (``--handle H``,
+downloaded once into the cache; ``--model`` is then optional), or a name alone (random
+weights, for tests and training from scratch).
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from ..data.sources import Sources
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FAILED_FILES, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+SHOWN_FAILURES = 20
+
+
+def progress_bar(total: int, desc: str, quiet: bool = False
+                 ) -> tuple[Any, Callable[..., None] | None]:
+    """A tqdm bar (images/s) on stderr and its ``update(done, total=None)`` callback, or
+    ``(None, None)`` when ``quiet``. Close the bar when done."""
+    if quiet:
+        return None, None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True,
+               leave=False)
+
+    def update(done: int, new_total: int | None = None) -> None:
+        if new_total is not None and bar.total != new_total:
+            bar.reset(total=new_total)
+        bar.update(done - bar.n)
+
+    return bar, update
+
+
+def print_failures(errors: Sequence[tuple[Any, str]], errors_file: Path | None = None,
+                   shown: int = SHOWN_FAILURES) -> None:
+    """``FAILED path: reason`` lines on stderr (the first ``shown``), and where the rest is."""
+    for path, reason in errors[:shown]:
+        print(f"  FAILED {path}: {reason}", file=sys.stderr)
+    if len(errors) > shown:
+        print(f"  ... and {len(errors) - shown} more", file=sys.stderr)
+    if errors and errors_file is not None:
+        print(f"  all failures: {errors_file}", file=sys.stderr)
+
+
+def add_input_options(p: argparse.ArgumentParser, metavar: str = "PATH",
+                      what: str = "image files, folders (recursive), globs, or @FILE listing "
+                                  "paths") -> None:
+    """The image inputs of a command: positional paths and ``--from-file``."""
+    p.add_argument("inputs", nargs="*", metavar=metavar, help=what)
+    p.add_argument("--from-file", action="append", metavar="FILE",
+                   help="read input paths from FILE, one per line ('-' = stdin)")
+
+
+def expand_args(args: argparse.Namespace) -> Sources:
+    """The image files that ``args.inputs`` and ``args.from_file`` name."""
+    from ..data.sources import expand_inputs
+
+    return expand_inputs(args.inputs, args.from_file or ())
+
+
+def add_decode_options(p: argparse.ArgumentParser) -> None:
+    """Decoding and inference options of every command that reads images."""
+    p.add_argument("--workers", type=int, default=None,
+                   help="decode processes (default: one per core; 0 decodes inline)")
+    p.add_argument("--threads", action="store_true",
+                   help="decode in threads, not processes: faster (no copies between "
+                        "processes) but a crashing codec then stops the run")
+    p.add_argument("--batch-size", type=int, default=64, help="images per inference batch")
+    p.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda)")
+    p.add_argument("--backend", default="torch",
+                   choices=("torch", "auto", "torch-fused", "onnxruntime", "openvino", "litert"),
+                   help="inference engine (default torch; auto: the fastest installed one, "
+                        "see `mobilevec backends`); same vectors to <= 1e-4")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:

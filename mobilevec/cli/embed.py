@@ -1,77 +1,37 @@
 """``mobilevec embed``, ``search`` and ``dedup``: thin commands over the embedding pipeline.
 
-Exit status of all three: 0 everything went well; 3 some input files failed (each is
-reported, the rest was done); 1 a fatal error (bad weights, unusable output, model
-mismatch); 2 a usage error; 130 interrupted by Ctrl-C (what was committed is kept).
+Exit status: see :mod:`mobilevec.cli.common` (3 when some input files failed).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from .._io import write_csv
-
-EXIT_OK, EXIT_ERROR, EXIT_FAILED_FILES, EXIT_INTERRUPTED = 0, 1, 3, 130
-_SHOWN_ERRORS = 20
-
-
-# --- shared helpers ----------------------------------------------------------------------
-def _add_decode_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=int, default=None,
-                   help="decode processes (default: one per core; 0 decodes inline)")
-    p.add_argument("--threads", action="store_true",
-                   help="decode in threads, not processes: faster (no copies between "
-                        "processes) but a crashing codec then stops the run")
-    p.add_argument("--batch-size", type=int, default=64, help="images per inference batch")
-    p.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda)")
-    p.add_argument("--backend", default="torch",
-                   choices=("torch", "auto", "torch-fused", "onnxruntime", "openvino", "litert"),
-                   help="inference engine (default torch; auto: the fastest installed one, "
-                        "see `mobilevec backends`); same vectors to <= 1e-4")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def _bar(total: int, desc: str, quiet: bool):
-    """A tqdm progress bar (images/s) fed ``(done, total)``, or a no-op."""
-    if quiet:
-        return None, None
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True)
-
-    def update(done: int, new_total: int) -> None:
-        if bar.total != new_total:
-            bar.reset(total=new_total)
-        bar.update(done - bar.n)
-
-    return bar, update
-
-
-def _print_failures(errors, errors_file: Path | None = None) -> None:
-    for path, reason in errors[:_SHOWN_ERRORS]:
-        print(f"  FAILED {path}: {reason}", file=sys.stderr)
-    if len(errors) > _SHOWN_ERRORS:
-        print(f"  ... and {len(errors) - _SHOWN_ERRORS} more", file=sys.stderr)
-    if errors and errors_file is not None:
-        print(f"  all failures: {errors_file}", file=sys.stderr)
-
-
-def _expand(args: argparse.Namespace):
-    from ..data.sources import expand_inputs
-
-    return expand_inputs(args.inputs, args.from_file or ())
+from .common import (
+    EXIT_ERROR,
+    EXIT_FAILED_FILES,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    add_decode_options,
+    add_input_options,
+    add_model_options,
+    expand_args,
+    print_failures,
+    progress_bar,
+)
 
 
 # --- embed -------------------------------------------------------------------------------
 def cmd_embed(args: argparse.Namespace) -> int:
     from ..data.images import MAX_PIXELS
-    from ..embedding.batching import Preprocessing, model_fingerprint
-    from ..embedding.pipeline import run_embed, store_meta
+    from ..embedding.batching import Preprocessing
+    from ..embedding.pipeline import run_embed
+    from ..embedding.provenance import model_fingerprint, store_meta
     from .common import model_from_args, weights_source
 
-    sources = _expand(args)
+    sources = expand_args(args)
     if not sources.paths and not sources.missing:
         print("error: no input images (give files, folders, globs or @list.txt)",
               file=sys.stderr)
@@ -80,7 +40,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     model = model_from_args(args)
     fingerprint = model_fingerprint(model)  # of the weights as loaded, before any move
     weights = weights_source(args)
-    size = args.size or model.config.image_size
+    size = args.size or model.config.input.size[0]
     runner = _runner(model, args.backend, size, args.device, weights)
     if weights is None:
         print("warning: no --weights: random initialisation (vectors mean nothing, and a "
@@ -89,14 +49,14 @@ def cmd_embed(args: argparse.Namespace) -> int:
                          max_pixels=args.max_pixels or MAX_PIXELS)
     meta = store_meta(model, prep, normalize=args.normalize, half=args.half,
                       weights=weights, source=args.handle, fingerprint=fingerprint)
-    bar, update = _bar(len(sources.paths), "embed", args.quiet)
+    bar, update = progress_bar(len(sources.paths), "embed", args.quiet)
     try:
         summary = embed(runner, sources.paths, args.output, prep=prep, meta=meta,
                         batch_size=args.batch_size, missing=sources.missing, progress=update)
     finally:
         if bar is not None:
             bar.close()
-    _print_failures(summary.errors, summary.errors_file)
+    print_failures(summary.errors, summary.errors_file)
     print(f"{'interrupted' if summary.interrupted else 'done'}: {summary.ok} embedded, "
           f"{summary.failed} failed, {summary.skipped} skipped (already in {args.output}) in "
           f"{summary.seconds:.1f} s ({summary.images_per_second:.1f} img/s)")
@@ -133,50 +93,21 @@ def _runner(model, backend: str, size: int, device: str, source: str | None):
 
 
 # --- search ------------------------------------------------------------------------------
-def _model_for(vectors: str, meta: dict, args: argparse.Namespace):
-    """The model the vectors were made with; a clear error when the one asked for differs."""
-    from ..api import create
-    from ..embedding.batching import model_fingerprint
-    from ..embedding.store import StoreError
-    from ..hub.loader import load
-
-    name = args.model or meta["model"]
-    if name != meta["model"]:
-        raise StoreError(f"{vectors} holds {meta['model']} vectors; --model {name} cannot "
-                         "embed queries comparable with them")
-    handle = args.handle or (None if args.weights else meta.get("source"))
-    weights = args.weights or meta.get("weights")
-    if handle:
-        model = load(handle, model=name)
-        weights = handle
-    elif weights is None:
-        raise StoreError(f"{vectors} was made with random weights; its queries cannot be "
-                         "embedded again")
-    elif not Path(weights).exists():
-        raise StoreError(f"{vectors} was made with weights {weights}, which no longer exist; "
-                         "pass --weights FILE|DIR")
-    else:
-        model = create(name, weights=weights, trainable=False)
-    if model_fingerprint(model) != meta["fingerprint"]:
-        raise StoreError(f"{weights} gives a different model than the one {vectors} was made "
-                         f"with ({meta.get('weights')}, sha256 {meta.get('weights_sha256')}); "
-                         "pass the same --weights")
-    return model
-
-
 def cmd_search(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..embedding.batching import Preprocessing, embed_batches
     from ..embedding.index import neighbours
+    from ..embedding.provenance import model_for_store
     from ..embedding.store import read_meta, read_store
 
     meta = read_meta(args.vectors)
     p = meta["preprocessing"]
-    model = _runner(_model_for(args.vectors, meta, args), args.backend, p["size"][0],
-                    args.device, None)
+    made_with = model_for_store(args.vectors, meta, model=args.model, weights=args.weights,
+                                handle=args.handle)
+    model = _runner(made_with, args.backend, p["size"][0], args.device, None)
     stored = read_store(args.vectors)
-    sources = _expand(args)
+    sources = expand_args(args)
     prep = Preprocessing(size=tuple(p["size"]), crop=p["crop"], draft=p["draft"])
     paths, vectors, failures = [], [], list(sources.missing)
     for batch in embed_batches(model, sources.paths, prep=prep, batch_size=args.batch_size,
@@ -185,7 +116,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         paths += batch.paths
         vectors += list(batch.vectors)
         failures += [(str(path), reason) for path, reason in batch.errors]
-    _print_failures(failures)
+    print_failures(failures)
     rows = []
     if paths and len(stored.paths):
         order, sims, method = neighbours(args.vectors, stored, np.asarray(vectors), args.k,
@@ -229,18 +160,13 @@ def cmd_dedup(args: argparse.Namespace) -> int:
 # --- registration ------------------------------------------------------------------------
 def add_commands(subparsers) -> None:
     """Register ``embed``, ``search`` and ``dedup`` on the ``mobilevec`` parser."""
-    from .common import add_model_options
-
     p = subparsers.add_parser(
         "embed", help="embed image files into a resumable vector table",
         description="Embed images (files, folders, globs, @list.txt) into vectors. Re-running "
                     "the same command skips images already stored (same path, size, mtime). "
                     "Exit 0: all ok; 3: some files failed (listed, and in the errors file); "
                     "1: fatal error; 130: interrupted (work so far kept).")
-    p.add_argument("inputs", nargs="*", metavar="PATH",
-                   help="image files, folders (recursive), globs, or @FILE listing paths")
-    p.add_argument("--from-file", action="append", metavar="FILE",
-                   help="read input paths from FILE, one per line ('-' = stdin)")
+    add_input_options(p)
     p.add_argument("-o", "--output", required=True,
                    help="vectors.parquet (a folder of Parquet parts) or vectors.npy "
                         "(+ vectors.index.csv)")
@@ -257,7 +183,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--half", action="store_true", help="store float16 vectors")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="refuse larger images before decoding (default: about 179 MP)")
-    _add_decode_options(p)
+    add_decode_options(p)
     p.add_argument("--runner", choices=("local", "ray"), default="local",
                    help="local: this machine (default); ray: Ray Data actors, one model each "
                         "(pip install 'mobilevec[ray]'; see docs/ray.md)")
@@ -272,9 +198,7 @@ def add_commands(subparsers) -> None:
         description="Embed the query images with the model the vectors were made with and "
                     "print the k most similar stored images. Exit 3 if a query failed.")
     p.add_argument("vectors", help="vectors.parquet or vectors.npy written by embed")
-    p.add_argument("inputs", nargs="*", metavar="QUERY", help="query images (as for embed)")
-    p.add_argument("--from-file", action="append", metavar="FILE",
-                   help="read query paths from FILE, one per line")
+    add_input_options(p, "QUERY", "query images (as for embed)")
     p.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
     p.add_argument("--csv", help="also write query,rank,cosine,path to this CSV file")
     p.add_argument("--index", choices=("auto", "exact", "usearch"), default="auto",
@@ -282,7 +206,7 @@ def add_commands(subparsers) -> None:
                         "(approximate, needs mobilevec[index]); auto (default): usearch from "
                         "100,000 stored vectors when installed, else exact")
     add_model_options(p, required=False)
-    _add_decode_options(p)
+    add_decode_options(p)
     p.set_defaults(func=cmd_search)
 
     p = subparsers.add_parser(

@@ -12,7 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_ERROR = 0, 1
+from .common import EXIT_ERROR, EXIT_OK, add_model_options
+
 _SHOWN_ERRORS = 10
 
 
@@ -82,8 +83,6 @@ def cmd_backends(args: argparse.Namespace) -> int:
 
 
 def add_commands(subparsers) -> None:
-    from .common import add_model_options
-
     p = subparsers.add_parser(
         "export", help="write a model as ONNX or OpenVINO IR for fast inference (fp32/int8)",
         description="Export the folded network (BatchNorm and input scaling folded, static "

@@ -13,13 +13,18 @@ import json
 import sys
 from pathlib import Path
 
-from .embed import (
+from .common import (
+    EXIT_ERROR,
     EXIT_FAILED_FILES,
     EXIT_INTERRUPTED,
     EXIT_OK,
-    _add_decode_options,
-    _bar,
-    _print_failures,
+    EXIT_USAGE,
+    add_decode_options,
+    add_input_options,
+    add_model_options,
+    expand_args,
+    print_failures,
+    progress_bar,
 )
 
 
@@ -64,16 +69,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         config.check()
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     backbone = None
     if not args.resume:
         if args.data_dir is None:
             print("error: give DATA_DIR (one sub-folder of images per class)", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         if not (args.model or args.handle):
             print("error: train: name a model: --model NAME [--weights FILE|DIR], or --handle H "
                   "(or --resume an earlier run)", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         backbone = model_from_args(args, trainable=args.fine_tune,
                                    batch_norm_momentum=args.bn_momentum)
         if weights_source(args) is None:
@@ -85,7 +90,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.quiet:
             return
         if what not in bars:
-            bars[what] = _bar(total, f"features ({what})", False)
+            bars[what] = progress_bar(total, f"features ({what})")
         bar, update = bars[what]
         update(done, total)
         if done >= total:
@@ -104,7 +109,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         for bar, _ in bars.values():
             bar.close()
-    _print_failures([(str(p), why) for p, why in result.skipped])
+    print_failures([(str(p), why) for p, why in result.skipped])
     matrix, reports = write_report(result.run.path, result.val_labels, result.val_logits,
                                    result.class_names, result.history)
     print(format_table(reports, matrix))
@@ -116,17 +121,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..data.sources import expand_inputs
     from ..training.classify import classify_files, load_classifier, run_preprocessing
 
     classifier, spec = load_classifier(args.run, args.backend)
     classifier.to(args.device)
-    sources = expand_inputs(args.inputs, args.from_file or ())
+    sources = expand_args(args)
     if not sources.paths and not sources.missing:
         print("error: no input images (give files, folders, globs or @list.txt)",
               file=sys.stderr)
-        return 1
-    bar, update = _bar(len(sources.paths), "predict", args.quiet or args.json)
+        return EXIT_ERROR
+    bar, update = progress_bar(len(sources.paths), "predict", args.quiet or args.json)
     try:
         predictions = classify_files(classifier, sources.paths, run_preprocessing(spec),
                                      batch_size=args.batch_size, workers=args.workers,
@@ -151,7 +155,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(path)
             for rank, (i, p) in enumerate(zip(idx, prob, strict=True), 1):
                 print(f"  {rank}. {names[i]:20} {p:.4f}")
-    _print_failures(failures)
+    print_failures(failures)
     return EXIT_FAILED_FILES if failures else EXIT_OK
 
 
@@ -188,7 +192,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"  {name:20} " + " ".join(f"{v:5d}" for v in row))
         if report_dir is not None:
             print(f"report written to {report_dir}")
-    _print_failures(failures)
+    print_failures(failures)
     return EXIT_FAILED_FILES if failures else EXIT_OK
 
 
@@ -254,8 +258,6 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
 
 def add_commands(subparsers) -> None:
     """Register ``train``, ``predict`` and ``evaluate`` on the ``mobilevec`` parser."""
-    from .common import add_model_options
-
     p = subparsers.add_parser(
         "train", help="train a classifier head (frozen or fine-tuned) on class folders",
         description="Train feature vector + softmax head on DATA_DIR (one sub-folder of images "
@@ -286,13 +288,10 @@ def add_commands(subparsers) -> None:
         description="Print the k most probable classes of each image. Exit 3 if an image "
                     "could not be read (reported, skipped).")
     p.add_argument("run", help="run folder written by `mobilevec train`")
-    p.add_argument("inputs", nargs="*", metavar="IMAGE",
-                   help="image files, folders (recursive), globs, or @FILE listing paths")
-    p.add_argument("--from-file", action="append", metavar="FILE",
-                   help="read input paths from FILE, one per line ('-' = stdin)")
+    add_input_options(p, "IMAGE")
     p.add_argument("-k", type=int, default=5, help="classes per image (default 5)")
     p.add_argument("--json", action="store_true", help="JSON on stdout, for machines")
-    _add_decode_options(p)
+    add_decode_options(p)
     p.set_defaults(func=cmd_predict)
 
     p = subparsers.add_parser(
@@ -304,5 +303,5 @@ def add_commands(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="JSON on stdout, for machines")
     p.add_argument("--report-dir", help="also write evaluation.json, per_class.csv and "
                                         "confusion_matrix.png into this folder")
-    _add_decode_options(p)
+    add_decode_options(p)
     p.set_defaults(func=cmd_evaluate)

@@ -10,7 +10,6 @@ replaced and the files it held are retried one by one, so only the culprit is re
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import mmap
 import multiprocessing
@@ -285,7 +284,9 @@ def flush_denormals() -> None:
 
 
 def _input_size(model: torch.nn.Module, size: int | tuple[int, int] | None) -> tuple[int, int]:
-    size = size or getattr(getattr(model, "config", None), "image_size", 224)
+    """``size``, else the published input size of the model's contract."""
+    if size is None:
+        return model.config.input.size
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
@@ -382,14 +383,3 @@ def embed_files(model: torch.nn.Module, paths: Sequence[str | Path], *,
     if chunks:
         result.vectors = np.concatenate(chunks)
     return result
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 of the model name and every parameter and buffer: equal iff same vectors."""
-    digest = hashlib.sha256(str(getattr(getattr(model, "config", None), "name", "")).encode())
-    for key, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
-        digest.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else
-                      t.float().numpy().tobytes())
-    return digest.hexdigest()

@@ -9,7 +9,6 @@ hand; SIGKILL loses at most the batch being written.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._io import sha256_tree
-from .._version import __version__
-from .batching import DEFAULT_BATCH_SIZE, Preprocessing, embed_batches, model_fingerprint
+from .batching import DEFAULT_BATCH_SIZE, Preprocessing, embed_batches
+from .provenance import store_meta
 from .store import Key, VectorStore, file_key
+
+__all__ = ["RunSummary", "run_embed", "store_meta"]
 
 log = logging.getLogger(__name__)
 
@@ -43,29 +43,6 @@ class RunSummary:
     @property
     def images_per_second(self) -> float:
         return (self.ok + self.failed) / self.seconds if self.seconds > 0 else 0.0
-
-
-def store_meta(model: torch.nn.Module, prep: Preprocessing, *, normalize: bool = False,
-               half: bool = False, weights: str | Path | None = None,
-               source: str | None = None, fingerprint: str | None = None) -> dict:
-    """What the store records about a run's model and options (see ``COMPATIBLE_KEYS``).
-
-    ``weights`` is the artifact the model was loaded from (recorded with its sha256 so that
-    ``search`` can rebuild the model); ``source`` optionally names it otherwise (a handle).
-    ``fingerprint`` defaults to :func:`~mobilevec.embed.model_fingerprint` of ``model``.
-    """
-    return {
-        "model": model.config.name,
-        "fingerprint": fingerprint or model_fingerprint(model),
-        "dim": int(model.num_features),
-        "dtype": "float16" if half else "float32",
-        "normalize": bool(normalize),
-        "preprocessing": {"size": list(prep.size), "crop": prep.crop, "draft": prep.draft},
-        "weights": os.path.abspath(weights) if weights is not None else None,
-        "weights_sha256": None if weights is None else sha256_tree(weights),
-        "source": source,
-        "mobilevec": __version__,
-    }
 
 
 def _keys(paths: Sequence[Path], done: set[Key], summary: RunSummary

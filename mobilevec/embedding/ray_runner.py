@@ -34,8 +34,9 @@ import torch
 
 from .._optional import require
 from ..errors import MobilevecError
-from .batching import DEFAULT_BATCH_SIZE, Preprocessing, embed_batches, model_fingerprint
+from .batching import DEFAULT_BATCH_SIZE, Preprocessing, embed_batches
 from .pipeline import RunSummary, _keys
+from .provenance import model_fingerprint
 from .store import Key, StoreError, VectorStore, _ParquetParts, store_paths
 
 if TYPE_CHECKING:

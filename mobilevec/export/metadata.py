@@ -14,10 +14,10 @@ from pathlib import Path
 
 from .._io import sha256_tree
 from .._version import __version__
+from ..models.registry import get_config
 
 PREFIX = "mobilevec."
 RT_INFO_KEY = "mobilevec"  # OpenVINO rt_info section of the block
-INPUT_CONTRACT = "float32 RGB in [0, 1], scaled to [-1, 1] inside; batch dimension dynamic"
 
 
 def source_sha256(path: str | Path | None) -> str:
@@ -30,10 +30,11 @@ def build_metadata(model_name: str, num_features: int, image_size: tuple[int, in
                    source: str | Path | None = None) -> dict[str, str]:
     """The metadata block (prefixed keys, string values) of an exported model."""
     h, w = image_size
+    contract = get_config(model_name).input.describe()
     return {f"{PREFIX}{k}": str(v) for k, v in {
         "model": model_name,
         "num_features": num_features,
-        "input": INPUT_CONTRACT,
+        "input": f"{contract}; this export takes {h}x{w}, batch dimension dynamic",
         "layout": "NHWC" if nhwc else "NCHW",
         "image_size": f"{h},{w}",
         "precision": precision,

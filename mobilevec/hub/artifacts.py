@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from ..models.registry import MODELS
+from ..models.registry import MODELS, ModelConfig
 
 # Where the official artifacts live (public, documented by their publishers).
 TFHUB = "https://tfhub.dev/google"
@@ -25,12 +25,6 @@ SLIM_V3 = "https://storage.googleapis.com/mobilenet_v3/checkpoints"
 KERAS_V2 = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2"
 KERAS_V3 = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v3"
 MEDIAPIPE = "https://storage.googleapis.com/mediapipe-assets"
-
-# sha256 of artifacts whose bytes we have checked (../shared/weights/PROVENANCE.md).
-KNOWN_SHA256 = {
-    f"{MEDIAPIPE}/mobilenet_v3_small_075_224_embedder.tflite":
-        "0f786f8eb8bcecd1f9c5bc50f00a5e6b9f62600edb503ad3bfff5f51035b0ea5",
-}
 
 # TF Hub serves a module as a tarball when asked for the compressed format; tfhub.dev
 # redirects such requests to Kaggle and then to storage.
@@ -42,12 +36,15 @@ ENV_HUB_MIRROR = "MOBILEVEC_HUB_MIRROR"
 
 @dataclass(frozen=True)
 class Artifact:
-    """A downloadable weights artifact.
+    """A downloadable weights artifact and the contract of the model it holds.
 
     ``model`` is the mobilevec model it holds when the handle tells (None: infer it from
-    the variables after download); ``url`` is what is fetched; ``sha256`` is checked when
-    known, else recorded on first download; ``kind`` is "feature_vector", "classification"
-    or "weights".
+    the variables after download), and :attr:`config` that model's
+    :class:`~mobilevec.models.registry.ModelConfig`: input contract, output size, default
+    dedup threshold. ``url`` is what is fetched; ``sha256`` is checked when known, else
+    recorded on first download; ``kind`` is "feature_vector", "classification" or
+    "weights"; ``format`` the artifact's format when known ("tf_hub_module",
+    "tf_slim_checkpoint", "keras_h5", "tflite"); ``provenance`` where the facts come from.
     """
 
     handle: str
@@ -55,6 +52,25 @@ class Artifact:
     model: str | None
     sha256: str | None = None
     kind: str = "weights"
+    format: str | None = None
+    provenance: str = ""
+
+    @property
+    def config(self) -> ModelConfig | None:
+        return MODELS.get(self.model) if self.model else None
+
+
+# Artifacts whose bytes were checked, with what is known of them beyond their handle.
+KNOWN: tuple[Artifact, ...] = (
+    Artifact(f"{MEDIAPIPE}/mobilenet_v3_small_075_224_embedder.tflite",
+             f"{MEDIAPIPE}/mobilenet_v3_small_075_224_embedder.tflite",
+             "mobilenet_v3_small_075_224",
+             "0f786f8eb8bcecd1f9c5bc50f00a5e6b9f62600edb503ad3bfff5f51035b0ea5",
+             "feature_vector", "tflite",
+             "MediaPipe image embedder built from the TF Hub V3 Small 0.75 feature vector "
+             "(../shared/weights/PROVENANCE.md)"),
+)
+_KNOWN_BY_URL = {a.url: a for a in KNOWN}
 
 
 _HUB_PATH = re.compile(
@@ -72,6 +88,10 @@ _KAGGLE_VARIATION = re.compile(
     r"(?P<res>\d+)-(?P<kind>feature-vector|classification)")
 
 
+_FORMAT_BY_SUFFIX = {"tgz": "tf_slim_checkpoint", "h5": "keras_h5", "tflite": "tflite",
+                     "safetensors": "safetensors"}
+
+
 def _with_query(url: str, query: str) -> str:
     return url if query in url else url + ("&" if "?" in url else "?") + query
 
@@ -84,7 +104,7 @@ def _hub_artifact(handle: str, name: str, kind: str) -> Artifact | None:
     if mirror := os.environ.get(ENV_HUB_MIRROR):
         url = f"{mirror.rstrip('/')}/{path.lstrip('/')}"
     return Artifact(handle, _with_query(url.split("?")[0], COMPRESSED_QUERY), name,
-                    kind=kind)
+                    kind=kind, format="tf_hub_module")
 
 
 def _from_hub_path(handle: str, path: str) -> Artifact | None:
@@ -134,10 +154,13 @@ def resolve_handle(handle: str) -> Artifact | None:
         parts = urlsplit(handle)
         if parts.netloc.endswith(("tfhub.dev", "kaggle.com", "tensorflow.google.cn")):
             return _from_hub_path(handle, parts.path)
+        if handle in _KNOWN_BY_URL:
+            return _KNOWN_BY_URL[handle]
         name = parts.path.rsplit("/", 1)[-1]
         model, kind = _from_file_name(name)
         model = model if model in MODELS else None
-        return Artifact(handle, handle, model, KNOWN_SHA256.get(handle), kind)
+        return Artifact(handle, handle, model, None, kind, _FORMAT_BY_SUFFIX.get(
+            name.rsplit(".", 1)[-1]))
     if not scheme and re.match(r"^(google/)?(imagenet|tf2-preview)/mobilenet", handle):
         return _from_hub_path(handle, handle)
     return None

@@ -122,13 +122,10 @@ def load(handle: str | Path, trainable: bool = False, arguments: dict[str, Any] 
     weights: Path | Weights
     if converted is not None and ema and converted.is_file():
         weights = converted
-        name = model or resolved.model or read_safetensors_metadata(converted).get("model")
         log.debug("%s: warm load from %s", resolved.handle, converted)
     else:
         weights = read_weights(resolved.path, ema=ema)
-        name = model or resolved.model or _infer(weights)
-    if name is None:
-        name = _infer(weights if isinstance(weights, Weights) else read_weights(weights))
+    name = model or resolved.model or _named_model(weights)
     if name not in MODELS:
         raise WeightsError(resolved.path, f"names model {name!r}, which mobilevec does not know")
     net = create_model(name, weights=weights, trainable=trainable, batch_norm_momentum=momentum)
@@ -200,9 +197,14 @@ def _model_from_name(file_name: str) -> str | None:
     return name if name in MODELS else None
 
 
-def _infer(weights: Weights) -> str:
-    shapes = {k: tuple(v.shape) for k, v in weights.variables.items()}
-    return infer_model(shapes)
+def _named_model(weights: Path | Weights) -> str:
+    """The model that mobilevec safetensors record, or that the variables imply."""
+    if isinstance(weights, Path):
+        recorded = read_safetensors_metadata(weights).get("model")
+        if recorded:
+            return recorded
+        weights = read_weights(weights)
+    return infer_model({k: tuple(v.shape) for k, v in weights.variables.items()})
 
 
 def _momentum(arguments: dict[str, Any] | None) -> float | None:

@@ -1,7 +1,11 @@
-"""Known models: name → architecture, depth multiplier, input size and hub contract.
+"""Known models: name → architecture, depth multiplier and the contract of its vectors.
 
 Names follow TF Hub (``mobilenet_v2_100_224``, ``mobilenet_v3_small_075_224``). Every
-variant is a row of data over the tables in :mod:`mobilevec.specs`.
+variant is a row of data over the tables in :mod:`mobilevec.models.specs`. A
+:class:`ModelConfig` carries what users of the vectors need to know: the input contract
+(size, value range, resize rule), the output size and the default near-duplicate threshold;
+weights artifacts (:mod:`mobilevec.hub.artifacts`) point at a config, so that ``load``,
+``embed`` and ``export`` read the contract instead of guessing it.
 """
 
 from __future__ import annotations
@@ -14,21 +18,50 @@ from .specs import ARCHITECTURES, ArchSpec, ResolvedLayer, resolve
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """What a model name means.
+class InputContract:
+    """What the module takes, as the TF Hub modules define it.
 
-    ``image_size`` is the size the TF Hub module was trained and published for; the
-    PyTorch module accepts any H, W ≥ 32. Inputs are RGB floats in [0, 1] (the hub
-    contract), scaled to [-1, 1] inside the model.
+    ``size`` (H, W) is what the module was trained and published for (the PyTorch module
+    accepts any H, W ≥ 32); values are RGB floats in ``value_range`` (scaled to [-1, 1]
+    inside the model); files become inputs by ``resize`` (:mod:`mobilevec.data.images`)
+    with ``crop``.
+    """
+
+    size: tuple[int, int]
+    value_range: tuple[float, float] = (0.0, 1.0)
+    color: str = "RGB"
+    resize: str = "tf.image.resize bilinear, half-pixel centres, no antialias"
+    crop: str = "none"
+
+    def describe(self) -> str:
+        """The contract in words (what exported models record as their ``input``)."""
+        lo, hi = self.value_range
+        h, w = self.size
+        return (f"float32 {self.color} in [{lo:g}, {hi:g}], scaled to [-1, 1] inside; "
+                f"published at {h}x{w}; files resized by {self.resize}, crop {self.crop}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What a model name means: architecture, multiplier and the contract of its vectors.
+
+    ``image_size`` is the size the TF Hub module was trained and published for (see
+    :attr:`input`). ``batch_norm_momentum`` is TF's convention (decay of the moving
+    averages) used when fine-tuning: TF Hub's V3 cards default to 0.99, TF-Slim's training
+    scope (V2) to 0.997. ``dedup_threshold`` is the cosine at or above which ``dedup``
+    calls two images near-duplicates by default.
     """
 
     name: str
     arch: str
     multiplier: float
     image_size: int
-    # TF convention (decay of the moving averages) used when fine-tuning; TF Hub's
-    # V3 cards default to 0.99, TF-Slim's training scope (V2) to 0.997.
     batch_norm_momentum: float
+    dedup_threshold: float = 0.95
+
+    @property
+    def input(self) -> InputContract:
+        return InputContract((self.image_size, self.image_size))
 
     @property
     def spec(self) -> ArchSpec:
