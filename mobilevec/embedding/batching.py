@@ -211,64 +211,88 @@ def _decode_stream(paths: Iterable[str | Path], prep: Preprocessing, workers: in
     only until the next item is asked for (the consumer copies it into its batch)."""
     workers = default_workers() if workers is None else workers
     if workers <= 0:
-        for chunk in _chunks(paths, 1):
-            (array, reason), = _decode_chunk(chunk, prep)
-            yield chunk[0], array, reason
+        for path in paths:
+            (array, reason), = _decode_chunk([Path(path)], prep)
+            yield Path(path), array, reason
         return
-    source = _chunks(paths, _CHUNK)
-    window = max(workers + 1, prefetch // _CHUNK)
-    pending: deque[tuple[list[Path], Future]] = deque()
-    suspects: deque[Path] = deque()  # after a crash: decoded one at a time, alone
-    shared = None
-    if not threads and _FORK:
-        shared = _SharedSlots(window * _CHUNK, (3, *prep.size))
-
-    def submit(chunk: list[Path]) -> Future:
-        if shared is None:
-            return pool.submit(_decode_chunk, chunk, prep)
-        slots = shared.take(len(chunk))
-        future = pool.submit(_decode_chunk_shared, shared.key, slots, chunk, prep)
-        future.slots = slots
-        return future
-
-    def results(future: Future) -> list[tuple[np.ndarray | None, str]]:
-        if shared is None:
-            return future.result()
-        # views: a slot is reused only once the ring comes round, after this chunk is consumed
-        return [(shared.view(slot) if ok else None, reason)
-                for slot, (ok, reason) in zip(future.slots, future.result(), strict=True)]
-
-    pool = _new_pool(workers, threads)
+    decoder = _PoolDecoder(prep, workers, threads, prefetch)
     try:
+        yield from decoder.decode(paths)
+    finally:
+        decoder.close()
+
+
+class _PoolDecoder:
+    """Decodes chunks of files on a worker pool, a bounded window ahead, in input order.
+
+    When a worker process dies, the pool is replaced and every file that was in flight
+    becomes a *suspect*, decoded again alone, so that only the file that kills a worker is
+    reported (as :data:`_DIED`).
+    """
+
+    def __init__(self, prep: Preprocessing, workers: int, threads: bool, prefetch: int):
+        self.prep, self.workers, self.threads = prep, workers, threads
+        self.window = max(workers + 1, prefetch // _CHUNK)
+        self.shared = (_SharedSlots(self.window * _CHUNK, (3, *prep.size))
+                       if not threads and _FORK else None)
+        self.pool = _new_pool(workers, threads)
+        self.pending: deque[tuple[list[Path], Future]] = deque()
+        self.suspects: deque[Path] = deque()
+
+    def decode(self, paths: Iterable[str | Path]
+               ) -> Iterator[tuple[Path, np.ndarray | None, str]]:
+        source = _chunks(paths, _CHUNK)
         while True:
-            if suspects:
-                path = suspects.popleft()
-                try:
-                    (array, reason), = results(submit([path]))
-                except BrokenProcessPool:
-                    pool = _restart(pool, workers)
-                    log.warning("decoder process died on %s", path)
-                    array, reason = None, _DIED
-                yield path, array, reason
+            if self.suspects:
+                yield self._decode_suspect(self.suspects.popleft())
                 continue
-            while len(pending) < window and (chunk := next(source, None)) is not None:
-                pending.append((chunk, submit(chunk)))
-            if not pending:
+            while len(self.pending) < self.window and (chunk := next(source, None)):
+                self.pending.append((chunk, self._submit(chunk)))
+            if not self.pending:
                 return
-            chunk, future = pending.popleft()
+            chunk, future = self.pending.popleft()
             try:
-                decoded = results(future)
+                decoded = self._results(future)
             except BrokenProcessPool:  # one of the files in flight killed it: find which
-                pool = _restart(pool, workers)
-                suspects.extend(chunk + [p for c, _ in pending for p in c])
-                pending.clear()
+                self._restart()
+                self.suspects.extend(chunk + [p for c, _ in self.pending for p in c])
+                self.pending.clear()
                 continue
             for path, (array, reason) in zip(chunk, decoded, strict=True):
                 yield path, array, reason
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-        if shared is not None:
-            shared.close()
+
+    def _decode_suspect(self, path: Path) -> tuple[Path, np.ndarray | None, str]:
+        try:
+            (array, reason), = self._results(self._submit([path]))
+        except BrokenProcessPool:
+            self._restart()
+            log.warning("decoder process died on %s", path)
+            array, reason = None, _DIED
+        return path, array, reason
+
+    def _submit(self, chunk: list[Path]) -> Future:
+        if self.shared is None:
+            return self.pool.submit(_decode_chunk, chunk, self.prep)
+        slots = self.shared.take(len(chunk))
+        future = self.pool.submit(_decode_chunk_shared, self.shared.key, slots, chunk,
+                                  self.prep)
+        future.slots = slots
+        return future
+
+    def _results(self, future: Future) -> list[tuple[np.ndarray | None, str]]:
+        if self.shared is None:
+            return future.result()
+        # views: a slot is reused only once the ring comes round, after this chunk is consumed
+        return [(self.shared.view(slot) if ok else None, reason)
+                for slot, (ok, reason) in zip(future.slots, future.result(), strict=True)]
+
+    def _restart(self) -> None:
+        self.pool = _restart(self.pool, self.workers)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.shared is not None:
+            self.shared.close()
 
 
 def flush_denormals() -> None:
@@ -281,6 +305,13 @@ def flush_denormals() -> None:
     The engines do the same (``torch-fused``, ONNX Runtime's ``set_denormal_as_zero``).
     """
     torch.set_flush_denormal(True)
+
+
+def output_width(model: torch.nn.Module | Engine) -> int:
+    """Width of ``model(x)``: ``num_outputs`` where a model has one (a classifier: its
+    classes), else ``num_features``."""
+    width = getattr(model, "num_outputs", None)
+    return int(width if width is not None else model.num_features)
 
 
 def _input_size(model: torch.nn.Module, size: int | tuple[int, int] | None) -> tuple[int, int]:
@@ -326,7 +357,7 @@ def embed_batches(model: torch.nn.Module | Engine, paths: Iterable[str | Path], 
             flush_denormals()  # per batch: decoding in this thread can reset the FPU flags
             vectors = model(x).float().cpu().numpy()
         else:
-            vectors = np.zeros((0, getattr(model, "num_features", 0)), np.float32)
+            vectors = np.zeros((0, output_width(model)), np.float32)
         return Batch(list(done), l2_normalize(vectors) if normalize else vectors, list(errors))
 
     for path, array, reason in _decode_stream(paths, prep, workers, threads,
@@ -371,7 +402,7 @@ def embed_files(model: torch.nn.Module, paths: Sequence[str | Path], *,
     that decoded, in input order.
     """
     prep = Preprocessing(size=_input_size(model, size), crop=crop, draft=draft)
-    result = EmbedResult([], np.zeros((0, getattr(model, "num_features", 0)), np.float32))
+    result = EmbedResult([], np.zeros((0, output_width(model)), np.float32))
     chunks: list[np.ndarray] = []
     for batch in embed_batches(model, paths, prep=prep, batch_size=batch_size,
                                workers=workers, normalize=normalize):

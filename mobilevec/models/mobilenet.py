@@ -62,6 +62,13 @@ class MobileNet(nn.Module):
         self.output = "features"
         self.set_batch_norm_momentum(config.batch_norm_momentum)
 
+    @property
+    def num_outputs(self) -> int:
+        """Width of ``forward``'s output: the classes in "logits" mode, else the features."""
+        if self.output == "logits" and self.classifier is not None:
+            return self.classifier.out_features
+        return self.num_features
+
     # --- the hub contract -------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.output == "logits":

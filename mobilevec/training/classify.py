@@ -11,8 +11,8 @@ import torch
 
 from ..data.datasets import read_class_folders
 from ..embedding.batching import Preprocessing, embed_batches
+from .classifier import Classifier
 from .runs import RunFolder
-from .train import Classifier
 
 
 def load_classifier(run_dir: str | Path, backend: str = "torch") -> tuple[Classifier, dict]:
@@ -27,15 +27,16 @@ def load_classifier(run_dir: str | Path, backend: str = "torch") -> tuple[Classi
     spec = run.spec()
     backbone = create_model(spec["model"], weights=run.model_path(), trainable=False)
     head = spec.get("head", {})
-    classifier = Classifier(backbone, len(spec["class_names"]), head.get("dropout", 0.0),
-                            head.get("normalize_features", False),
-                            head.get("flip_average", False), new_head=False)
+    engine = None
     if backend != "torch":
         from ..engines import engine_from_model
 
         size = tuple(spec["preprocessing"]["size"])
-        classifier.feature_engine = engine_from_model(backbone, backend, image_size=size,
-                                                      source=run.model_path())
+        engine = engine_from_model(backbone, backend, image_size=size, source=run.model_path())
+    classifier = Classifier(backbone, len(spec["class_names"]), head.get("dropout", 0.0),
+                            head.get("normalize_features", False),
+                            head.get("flip_average", False), new_head=False,
+                            feature_engine=engine)
     return classifier.eval(), spec
 
 
@@ -78,7 +79,7 @@ def classify_files(classifier: Classifier, paths: Sequence[str | Path], prep: Pr
         if progress:
             progress(len(done) + len(errors))
     probabilities = (np.concatenate(chunks) if chunks
-                     else np.zeros((0, classifier.num_features), np.float32))
+                     else np.zeros((0, classifier.num_classes), np.float32))
     return Predictions(done, probabilities, errors)
 
 

@@ -50,6 +50,7 @@ from ..embedding.batching import embed_files
 from ..errors import MobilevecError
 from ..models.mobilenet import MobileNet
 from ..models.names import LOGITS_SCOPE, load_tf_variables, to_tf_variables, torch_to_tf
+from .classifier import Classifier, FlipViews, batch_norm_is_folded
 from .runs import RunError, RunFolder, restore_optimizer
 
 log = logging.getLogger(__name__)
@@ -147,87 +148,6 @@ def learning_rate_at(config: TrainConfig, epoch: int) -> float:
     return config.learning_rate
 
 
-# --- the model ---------------------------------------------------------------------------
-def batch_norm_is_folded(model: nn.Module) -> bool:
-    """Whether every BatchNorm is the exact identity a folded (TFLite) artifact loads as:
-    gamma 1, moving mean 0, moving variance + eps = 1 (the bias lives in beta)."""
-    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    return bool(norms) and all(
-        torch.all(m.weight == 1) and torch.all(m.running_mean == 0)
-        and torch.all(m.running_var + m.eps == 1) for m in norms)
-
-
-class Classifier(nn.Module):
-    """``backbone`` feature vector → (L2 normalise) → dropout → ``backbone.classifier``.
-
-    ``forward``: float32 NCHW RGB in [0, 1] → ``(N, num_classes)`` logits. In eval mode
-    with ``flip_average`` the features are the mean of those of the image and its mirror.
-    ``new_head``: attach a freshly initialised head (default); False keeps the backbone's
-    own ``num_classes``-way classifier (a trained run's).
-    """
-
-    def __init__(self, backbone: MobileNet, num_classes: int, dropout: float = 0.0,
-                 normalize_features: bool = False, flip_average: bool = False, *,
-                 new_head: bool = True):
-        super().__init__()
-        if new_head or backbone.classifier is None \
-                or backbone.classifier.out_features != num_classes:
-            backbone.set_num_classes(num_classes)
-        for p in backbone.classifier.parameters():  # the head trains whatever `trainable` says
-            p.requires_grad_(True)
-        self.backbone = backbone
-        self.dropout = nn.Dropout(dropout)
-        self.normalize_features = normalize_features
-        self.flip_average = flip_average
-        self.config = backbone.config
-        self.num_features = num_classes  # what embed_batches sizes its outputs by
-
-    batch_norm_frozen = False  # fine-tune with BatchNorm in inference mode (see TrainConfig)
-
-    def train(self, mode: bool = True) -> Classifier:
-        super().train(mode)
-        if self.batch_norm_frozen:
-            for m in self.backbone.modules():
-                if isinstance(m, nn.BatchNorm2d):
-                    m.eval()
-        return self
-
-    # An inference engine running the backbone's weights (mobilevec.engines), used for the
-    # features outside training when set (``predict --backend``).
-    feature_engine = None
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        backbone = self.backbone.features
-        if self.feature_engine is not None and not self.training:
-            backbone = self.feature_engine
-        vectors = backbone(x)
-        if self.flip_average and not self.training:
-            vectors = (vectors + backbone(x.flip(-1))) * 0.5
-        return vectors
-
-    def head(self, vectors: torch.Tensor) -> torch.Tensor:
-        if self.normalize_features:
-            vectors = F.normalize(vectors, dim=1)
-        return self.backbone.classifier(self.dropout(vectors))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
-class _Views(nn.Module):
-    """The backbone's features of each image and of its mirror image, side by side
-    (``(N, 2 D)``): one decode pass for :func:`mobilevec.embed.embed_files` gives both."""
-
-    def __init__(self, backbone: MobileNet):
-        super().__init__()
-        self.backbone = backbone
-        self.config = backbone.config
-        self.num_features = 2 * backbone.num_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.backbone.features(x), self.backbone.features(x.flip(-1))], 1)
-
-
 def build_optimizer(classifier: Classifier, config: TrainConfig) -> torch.optim.Optimizer:
     """Head kernel with weight decay, head bias without; in fine-tune mode the backbone
     (no weight decay, ``backbone_lr_scale``). Group 'lr_scale' entries scale the schedule."""
@@ -320,7 +240,7 @@ def predict_logits(classifier: Classifier, inputs: torch.Tensor, batch_size: int
     """Eval-mode logits of ``(N, 3, h, w)`` inputs."""
     classifier.eval()
     parts = [classifier(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)]
-    return torch.cat(parts) if parts else torch.zeros((0, classifier.num_features))
+    return torch.cat(parts) if parts else torch.zeros((0, classifier.num_classes))
 
 
 @torch.no_grad()
@@ -404,7 +324,7 @@ def _cache_features(classifier: Classifier, files: LabeledFiles, size: tuple[int
             progress.embed(done, len(files), what)
 
     backbone = classifier.backbone.eval()
-    model = _Views(backbone) if classifier.flip_average else backbone
+    model = FlipViews(backbone) if classifier.flip_average else backbone
     result = embed_files(model, files.paths, size=size, workers=workers, progress=update)
     label_of = dict(zip(files.paths, files.labels, strict=True))
     labels = torch.from_numpy(np.asarray([label_of[p] for p in result.paths], dtype=np.int64))
@@ -697,16 +617,9 @@ def train(backbone: MobileNet | None, data_dir: str | Path, out: str | Path,
     start = time.perf_counter()
     previous = run.spec() if resume else None
     if previous is not None:
-        recorded = TrainConfig.from_dict(previous["config"])
-        if config is not None:
-            recorded.epochs = config.epochs
-        config = recorded
+        config, backbone = _resumed(run, previous, config)
         data_dir, val_dir = previous["data"]["train_dir"], previous["data"].get("val_dir")
         weights_source = previous.get("weights_source")
-        from ..models.factory import create_model
-
-        # the frozen backbone (and the head, overwritten below) as the run started
-        backbone = create_model(previous["model"], weights=run.model_path())
     config = config or TrainConfig()
     if backbone is None:
         raise MobilevecError("train() needs a backbone model unless it resumes a run")
@@ -715,65 +628,97 @@ def train(backbone: MobileNet | None, data_dir: str | Path, out: str | Path,
     if previous is not None and data.train.class_names != previous["class_names"]:
         raise RunError(f"{data_dir}: classes {data.train.class_names} differ from the run's "
                        f"{previous['class_names']}")
-    size = (config.image_size or backbone.config.image_size,) * 2
-    backbone.set_batch_norm_momentum(config.bn_momentum if config.bn_momentum is not None
-                                     else backbone.config.batch_norm_momentum)
-    backbone.trainable = config.fine_tune
-    torch.manual_seed(config.seed)  # the head's initialisation
-    classifier = Classifier(backbone, len(data.train.class_names), config.dropout,
-                            config.normalize_features, config.flip_average)
-    if config.fine_tune:
-        folded = batch_norm_is_folded(backbone)
-        if config.freeze_batch_norm is None:  # decided once, recorded for --resume
-            config.freeze_batch_norm = folded
-        classifier.batch_norm_frozen = config.freeze_batch_norm
-        if folded and classifier.batch_norm_frozen:
-            log.warning("%s: the weights carry BatchNorm folded into the convolutions (e.g. "
-                        "a TFLite file); fine-tuning keeps BatchNorm in inference mode",
-                        backbone.config.name)
+    size = (config.image_size or backbone.config.input.size[0],) * 2
+    classifier = _classifier(backbone, config, len(data.train.class_names))
     optimizer = build_optimizer(classifier, config)
     spec = _run_spec(classifier, data, config, size, data_dir, val_dir, weights_source)
-    if previous is not None:
-        history, best, best_variables = _resume_point(run, backbone, optimizer)
-        spec["skipped_files"] = previous.get("skipped_files", [])
-        run.write_spec(spec)
-    else:
-        history, best = [], {"epoch": -1, "val_loss": math.inf, "since": 0}
-        best_variables = trained_variables(backbone, config.fine_tune)
-        run.create(spec, overwrite=overwrite)
-        # the frozen backbone as it starts (what a resumed frozen run rebuilds from)
-        run.write_model(to_tf_variables(backbone), backbone.config.name,
-                        len(data.train.class_names))
-
+    state = _start(run, classifier, optimizer, spec, previous, overwrite, config.fine_tune)
     inputs = _prepare_inputs(classifier, optimizer, data, config, size, run, previous is not None,
                              workers, progress)
     if previous is None:
         spec["skipped_files"] = [[str(p), why] for p, why in inputs.skipped]
         run.write_spec(spec)
-    skipped = [(p, why) for p, why in spec["skipped_files"]]
 
     train_start = time.perf_counter()
-    fit = _fit(classifier, optimizer, inputs, config, run=run, history=history, best=best,
-               best_variables=best_variables, on_epoch=progress.epoch)
-    history, best, best_variables, stopped_early = (fit.history, fit.best, fit.best_variables,
-                                                    fit.stopped_early)
-    finished = stopped_early or len(history) >= config.epochs
-    training_seconds = time.perf_counter() - train_start
+    fit = _fit(classifier, optimizer, inputs, config, run=run, history=state.history,
+               best=state.best, best_variables=state.best_variables, on_epoch=progress.epoch)
+    seconds = {"features": inputs.seconds, "training": time.perf_counter() - train_start}
+    return _finish(run, classifier, inputs, fit, config, spec, seconds, start)
 
-    # --- the kept model (lowest validation loss) and its validation predictions ------------
-    _load_partial(backbone, best_variables)
-    run.write_model(to_tf_variables(backbone), backbone.config.name,
-                    len(data.train.class_names))
-    val_y = inputs.val_labels
+
+@dataclass
+class _State:
+    """Where training (re)starts: the epochs so far, early-stopping state, best weights."""
+
+    history: list[dict]
+    best: dict
+    best_variables: dict[str, np.ndarray]
+
+
+def _resumed(run: RunFolder, previous: dict, config: TrainConfig | None
+             ) -> tuple[TrainConfig, MobileNet]:
+    """The recorded configuration (``config.epochs``, when given, extends it) and the
+    backbone as the run started (its head is overwritten by the checkpoint later)."""
+    from ..models.factory import create_model
+
+    recorded = TrainConfig.from_dict(previous["config"])
+    if config is not None:
+        recorded.epochs = config.epochs
+    return recorded, create_model(previous["model"], weights=run.model_path())
+
+
+def _classifier(backbone: MobileNet, config: TrainConfig, num_classes: int) -> Classifier:
+    """The backbone set up as ``config`` says (BN momentum, trainable, frozen BatchNorm)
+    under a fresh head seeded with ``config.seed``."""
+    backbone.set_batch_norm_momentum(config.bn_momentum if config.bn_momentum is not None
+                                     else backbone.config.batch_norm_momentum)
+    backbone.trainable = config.fine_tune
+    freeze = False
+    if config.fine_tune:
+        folded = batch_norm_is_folded(backbone)
+        if config.freeze_batch_norm is None:  # decided once, recorded for --resume
+            config.freeze_batch_norm = folded
+        freeze = config.freeze_batch_norm
+        if folded and freeze:
+            log.warning("%s: the weights carry BatchNorm folded into the convolutions (e.g. "
+                        "a TFLite file); fine-tuning keeps BatchNorm in inference mode",
+                        backbone.config.name)
+    torch.manual_seed(config.seed)  # the head's initialisation
+    return Classifier(backbone, num_classes, config.dropout, config.normalize_features,
+                      config.flip_average, freeze_batch_norm=freeze)
+
+
+def _start(run: RunFolder, classifier: Classifier, optimizer: torch.optim.Optimizer,
+           spec: dict, previous: dict | None, overwrite: bool, fine_tune: bool) -> _State:
+    """Create the run folder, or restore the last checkpoint of the run being resumed."""
+    backbone = classifier.backbone
+    if previous is not None:
+        history, best, best_variables = _resume_point(run, backbone, optimizer)
+        spec["skipped_files"] = previous.get("skipped_files", [])
+        run.write_spec(spec)
+        return _State(history, best, best_variables)
+    run.create(spec, overwrite=overwrite)
+    # the frozen backbone as it starts (what a resumed frozen run rebuilds from)
+    run.write_model(to_tf_variables(backbone), backbone.config.name, classifier.num_classes)
+    return _State([], {"epoch": -1, "val_loss": math.inf, "since": 0},
+                  trained_variables(backbone, fine_tune))
+
+
+def _finish(run: RunFolder, classifier: Classifier, inputs: _Inputs, fit: _Fit,
+            config: TrainConfig, spec: dict, seconds: dict, start: float) -> TrainResult:
+    """Keep the lowest-validation-loss weights, record the outcome in ``run.json``."""
+    backbone = classifier.backbone
+    _load_partial(backbone, fit.best_variables)
+    run.write_model(to_tf_variables(backbone), backbone.config.name, classifier.num_classes)
     val_logits = inputs.validate()
+    finished = fit.stopped_early or len(fit.history) >= config.epochs
     spec.update(status="finished" if finished else "interrupted",
-                best_epoch=best["epoch"] + 1, epochs_done=len(history),
-                stopped_early=stopped_early,
-                best_val_accuracy=evaluate_logits(val_logits, val_y).accuracy,
-                seconds={"features": inputs.seconds, "training": training_seconds,
-                         "total": time.perf_counter() - start})
+                best_epoch=fit.best["epoch"] + 1, epochs_done=len(fit.history),
+                stopped_early=fit.stopped_early,
+                best_val_accuracy=evaluate_logits(val_logits, inputs.val_labels).accuracy,
+                seconds={**seconds, "total": time.perf_counter() - start})
     run.write_spec(spec)
-    return TrainResult(run, classifier, history, best["epoch"] + 1, val_y.numpy(),
-                       val_logits.numpy(), data.train.class_names,
-                       [(str(p), why) for p, why in skipped], stopped_early,
-                       inputs.seconds, training_seconds)
+    return TrainResult(run, classifier, fit.history, fit.best["epoch"] + 1,
+                       inputs.val_labels.numpy(), val_logits.numpy(), spec["class_names"],
+                       [(str(p), why) for p, why in spec["skipped_files"]], fit.stopped_early,
+                       seconds["features"], seconds["training"])
