@@ -4,7 +4,7 @@ Not a test. Makes a corpus of JPEGs of mixed sizes from ../shared/data (re-encod
 resized, into a temporary folder, never the repo), then measures in one run, with the same
 decode workers:
 
-- decode-only: files → preprocessed arrays (``mobilevec.embed.decode_files``);
+- decode-only: files → preprocessed arrays (``mobilevec.embedding.batching.decode_files``);
 - model-only: the model on ready-made input batches;
 - pipeline: ``mobilevec embed``'s library call (decode ∥ inference → Parquet parts);
 - peak RSS of a fresh ``mobilevec embed`` process (plus its decode workers) on N and 10 x N
@@ -95,7 +95,8 @@ def decode_only(paths, prep, workers, threads) -> float:
 def model_only(model, count: int, batch: np.ndarray) -> float:
     """The model (torch module or engine) on one batch of decoded corpus photos, run until
     ``count`` images, as the pipeline runs it: batches start on the CPU, denormals flushed
-    per batch (see ``mobilevec.embed.flush_denormals``), vectors come back to the CPU."""
+    per batch (see ``mobilevec.embedding.batching.flush_denormals``), vectors come back to
+    the CPU."""
     parameters = getattr(model, "parameters", None)
     device = next(parameters()).device if parameters else "cpu"
     x = torch.from_numpy(batch)

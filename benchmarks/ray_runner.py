@@ -2,8 +2,8 @@
 
 Not a test. Makes the corpus of ``benchmarks/embed_pipeline.py`` (JPEGs of mixed sizes from
 ../shared/data, in a temporary folder), then embeds it into a fresh store with
-``mobilevec.pipeline.run_embed`` (decode processes ∥ inference) and with
-``mobilevec.ray_runner.run_ray_embed`` on a local Ray instance with as many CPUs as this
+``mobilevec.embedding.pipeline.run_embed`` (decode processes ∥ inference) and with
+``mobilevec.embedding.ray_runner.run_ray_embed`` on a local Ray instance with as many CPUs as this
 machine (one model actor per CPU), and checks that the two stores hold the same vectors.
 The local runner runs twice: with torch's default threads (one per core, beside the decode
 processes) and with one torch thread, as each Ray actor has.

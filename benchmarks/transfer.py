@@ -10,7 +10,7 @@ range of the validation accuracy, plus the wall time of features and of one head
 Reporting the mean over several splits, not the best split, keeps recipe selection from
 overfitting one validation set.
 
-``fine-tune`` runs :func:`mobilevec.train.train` once (split seed 0) and prints its
+``fine-tune`` runs :func:`mobilevec.training.train.train` once (split seed 0) and prints its
 validation accuracy and wall time. Results are JSON lines on stdout.
 """
 

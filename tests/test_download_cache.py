@@ -331,7 +331,7 @@ def test_file_changed_on_disk_is_downloaded_again(server, cache_root, caplog):
     url = server.url("/c.bin")
     path = cache.fetch(url)
     path.write_bytes(b"y" * len(data))  # same size, new mtime: fetch re-hashes
-    with caplog.at_level(logging.WARNING, logger="mobilevec.cache"):
+    with caplog.at_level(logging.WARNING, logger="mobilevec.hub.cache"):
         assert cache.fetch(url).read_bytes() == data
     assert server.count("/c.bin") == 2
     assert "changed on disk" in caplog.text

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from calibrated import calibrated_variables, structured_images
 from shared_paths import V2_NPY, V3_TFLITE, require
 
 import mobilevec
@@ -22,6 +23,7 @@ from mobilevec.cli.app import main
 from mobilevec.export import export, fuse, onnx_model
 from mobilevec.export.fused import FusedConv
 from mobilevec.export.torch_fused import FusedModule
+from mobilevec.formats.detect import Weights
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -125,6 +127,19 @@ def test_onnx_export_is_exact_at_the_border_on_constant_images(real_models, name
     # against float64 torch: two float32 computations would each add their own rounding
     np.testing.assert_allclose(session.run(None, {"images": x})[0],
                                _torch(model, x, torch.float64), atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("name", mobilevec.list_models())
+def test_onnx_export_of_every_model_matches_its_torch_module(name):
+    # A cheap size, and random weights calibrated like trained ones (folding is no no-op).
+    weights = Weights(calibrated_variables(name, seed=0), "safetensors", Path("calibrated"))
+    model = mobilevec.create(name, weights=weights, trainable=False)
+    x = structured_images(2, 96, seed=1)
+    got = _session(onnx_model(model, image_size=96)).run(None, {"images": x})[0]
+    want = _torch(model, x)
+    scale = np.abs(want).max()
+    assert scale > 1e-3 and np.abs(want[0] - want[1]).max() > 1e-3 * scale  # not vacuous
+    assert np.abs(got - want).max() <= TOL * max(1.0, scale)
 
 
 def test_onnx_graph_has_static_pads_no_batch_norm_and_a_dynamic_batch(real_models):

@@ -54,6 +54,32 @@ def test_features_and_logits_match_keras(tmp_path, family, alpha, minimal, name,
     assert np.abs(keras_features[0] - keras_features[1]).max() > 1e-2
 
 
+def _keras_family(name: str) -> tuple[str, float, bool]:
+    config = mobilevec.get_config(name)
+    family = {"mobilenet_v2": "v2", "mobilenet_v3_small": "v3_small",
+              "mobilenet_v3_large": "v3_large"}[config.arch.removesuffix("_minimalistic")]
+    return family, config.multiplier, config.arch.endswith("_minimalistic")
+
+
+@pytest.mark.parametrize("name", mobilevec.list_models())
+def test_every_model_matches_its_keras_application_at_a_cheap_size(tmp_path, name):
+    size = 96
+    family, alpha, minimal = _keras_family(name)
+    keras_model, keras_heads = kr.build(family, alpha, size, minimal)
+    kr.set_tf_variables(keras_model, kr.calibrated_variables(name, seed=7, size=size),
+                        mobilevec.get_config(name).spec.root_scope)
+    path = tmp_path / "keras_model.h5"
+    keras_model.save(path)
+    model = mobilevec.create(name, weights=path)
+    kr.use_keras_gate(model)
+    x = kr.structured_images(2, size, seed=3)
+    keras_features, _ = kr.run(keras_heads, x)
+    with torch.no_grad():
+        features = model(torch.from_numpy(x)).numpy()
+    assert np.abs(keras_features[0] - keras_features[1]).max() > 1e-2  # not vacuous
+    assert np.abs(features - keras_features).max() <= TOLERANCE
+
+
 def test_parameter_counts_match_keras():
     for family, alpha, minimal, name, _ in CASES[::2]:
         keras_model, _ = kr.build(family, alpha, 224, minimal)

@@ -10,10 +10,15 @@ import torch
 
 import mobilevec
 from mobilevec.formats.safetensors_format import read_safetensors, write_safetensors
-from mobilevec.models.names import tf_to_torch, to_tf_variables, torch_to_tf, variable_names
+from mobilevec.models.names import (
+    model_variables,
+    tf_to_torch,
+    to_tf_variables,
+    torch_to_tf,
+    variable_names,
+)
 
-NAMES = ["mobilenet_v2_100_224", "mobilenet_v3_small_075_224", "mobilenet_v3_large_100_224",
-         "mobilenet_v3_small_minimalistic_100_224"]
+NAMES = mobilevec.list_models()
 
 
 def test_layout_transforms_put_each_tf_element_where_torch_expects_it():
@@ -38,6 +43,11 @@ def test_names_are_one_to_one_and_cover_the_state_dict(name):
         k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
     root = model.config.spec.root_scope
     assert all(v.tf_name.startswith(root + "/") for v in names)
+    # The shapes the architecture table gives (what infer_model compares) are the module's.
+    state = model.state_dict()
+    for v in model_variables(model.config, 1001):
+        assert tuple(state[v.name.torch_key].shape) == v.torch_shape, v.name.tf_name
+        assert torch_to_tf(state[v.name.torch_key].numpy(), v.name.layout).shape == v.tf_shape
 
 
 def test_tf_slim_names_of_v3_small_follow_the_checkpoint_pattern():

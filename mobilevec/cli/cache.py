@@ -1,4 +1,5 @@
-"""``mobilevec cache list | verify | import | clear``: thin commands over :mod:`mobilevec.cache`.
+"""``mobilevec cache list | verify | import | clear``: thin commands over
+:mod:`mobilevec.hub.cache`.
 
 Exit status: 0 ok; 1 an error (a bad import, a failed verification: the bad entries are
 listed); 2 a usage error.

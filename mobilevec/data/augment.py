@@ -2,7 +2,7 @@
 
 Augmentation is TF Hub's image retraining recipe: a random resized crop (a window of
 random area and aspect ratio, resized with the TF bilinear rule of
-:mod:`mobilevec.images`) and a horizontal flip with probability 1/2.
+:mod:`mobilevec.data.images`) and a horizontal flip with probability 1/2.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Rules:
 
 - every sub-folder of ``DATA_DIR`` (sorted by name, hidden ones skipped) is a class; its
-  name is the class name and its images are found as :mod:`mobilevec.sources` walks a
+  name is the class name and its images are found as :mod:`mobilevec.data.sources` walks a
   folder (recursively, by image suffix, any case, symlink loops walked once);
 - image files directly inside ``DATA_DIR`` belong to no class and are an error;
 - a class folder without images, fewer than two classes, or no images at all are errors

@@ -4,7 +4,7 @@ Rules:
 
 - a file named on the command line is taken whatever its suffix;
 - a folder is walked recursively in sorted order, keeping files with an image suffix
-  (:data:`mobilevec.images.IMAGE_SUFFIXES`, any case); symlinked folders are followed,
+  (:data:`mobilevec.data.images.IMAGE_SUFFIXES`, any case); symlinked folders are followed,
   each real folder once, so a symlink loop ends the walk instead of looping;
 - an argument that does not exist and contains ``*``, ``?`` or ``[`` is a glob (``**``
   recursive); what it matches is taken as above;

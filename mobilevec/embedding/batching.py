@@ -49,7 +49,7 @@ _CHUNK = 4  # files per task sent to a worker: amortises IPC, limits what a cras
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How files become model inputs (see :mod:`mobilevec.images`); recorded with vectors.
+    """How files become model inputs (see :mod:`mobilevec.data.images`); recorded with vectors.
 
     ``size`` is (height, width); ``draft`` allows JPEG DCT scaling (faster, not TF's
     full decode); ``max_pixels`` refuses larger images before decoding.
@@ -396,7 +396,7 @@ def embed_files(model: torch.nn.Module, paths: Sequence[str | Path], *,
     """Embed ``paths`` into arrays; undecodable files are reported, not fatal.
 
     ``size`` defaults to the model's published input size; ``draft`` allows JPEG DCT
-    scaling (see :mod:`mobilevec.images`). ``workers``: decode processes (0: inline, None:
+    scaling (see :mod:`mobilevec.data.images`). ``workers``: decode processes (0: inline, None:
     one per core). ``progress`` is an optional callable receiving the number of files
     handled after each batch. Returns float32 ``(N, num_features)`` vectors for the N files
     that decoded, in input order.

@@ -1,6 +1,6 @@
 """Approximate nearest neighbours for large vector tables (usearch HNSW), kept with the store.
 
-Exact search (:func:`mobilevec.search.cosine_neighbours`) reads every stored vector for
+Exact search (:func:`mobilevec.embedding.search.cosine_neighbours`) reads every stored vector for
 every query: fine up to ~10^5 rows. Beyond that ``search`` builds an HNSW index (cosine
 metric) once, saves it inside the store folder as ``_index.usearch`` with ``_index.json``
 (the signature of the parts it was built from), and reuses it until the store changes. The
@@ -50,7 +50,7 @@ def _build(vectors: np.ndarray):
 
 def load_or_build_index(output: str | Path, stored: StoredVectors):
     """The store's HNSW index: loaded when its signature matches the store, else built
-    from ``stored`` (the store's rows, as :func:`~mobilevec.vectorstore.read_store` gives
+    from ``stored`` (the store's rows, as :func:`~mobilevec.embedding.store.read_store` gives
     them) and saved beside the parts. A store that cannot be written to still gets an
     index, in memory only."""
     from usearch.index import Index
@@ -80,7 +80,7 @@ def neighbours(output: str | Path, stored: StoredVectors, queries: np.ndarray, k
 
     ``method`` "exact" (brute force), "usearch" (HNSW; approximate), or "auto" (usearch when
     installed and the store holds ≥ :data:`INDEX_MIN_ROWS` rows). Arrays are (Q, min(k, N)),
-    most similar first, as :func:`~mobilevec.search.cosine_neighbours` returns them.
+    most similar first, as :func:`~mobilevec.embedding.search.cosine_neighbours` returns them.
     """
     from ..errors import MobilevecError
     from .search import cosine_neighbours

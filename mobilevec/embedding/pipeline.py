@@ -2,7 +2,7 @@
 
 Files already stored with the same (path, size, mtime) are skipped; the rest are decoded in
 parallel, embedded in batches and committed batch by batch (see
-:mod:`mobilevec.vectorstore`), failures included. Ctrl-C stops cleanly after the batch in
+:mod:`mobilevec.embedding.store`), failures included. Ctrl-C stops cleanly after the batch in
 hand; SIGKILL loses at most the batch being written.
 """
 

@@ -3,7 +3,7 @@
 The driver lists the files, stats them (the resume keys: path, size, mtime) and leaves out
 those already stored. Ray Data then streams the keys through a pool of actors, each of which
 gets the model once (from Ray's object store, so workers need no copy of the weights file)
-and turns every batch of paths into vectors with :func:`mobilevec.embed.embed_batches`:
+and turns every batch of paths into vectors with :func:`mobilevec.embedding.batching.embed_batches`:
 the same decode (:meth:`Preprocessing.load`, not Ray's image reader), the same batched
 forward pass, the same reasons for bad files as the local runner. Only paths go in and
 vectors come out; decoded pixels never enter the object store.
@@ -133,8 +133,8 @@ def embed_dataset(files: ray.data.Dataset | Sequence[Key], model: torch.nn.Modul
     Paths must be readable by every worker. Rows have the store's part columns: ``path``,
     ``size``, ``mtime_ns``, ``model`` and ``vector`` (``meta["dim"]`` floats, float32 or
     float16 as ``meta["dtype"]``, L2-normalised if ``meta["normalize"]``); ``meta`` comes
-    from :func:`mobilevec.pipeline.store_meta`. ``num_workers`` actors (default: as many as
-    the cluster has CPUs, or GPUs for a CUDA model, per worker) each hold the model and use
+    from :func:`mobilevec.embedding.pipeline.store_meta`. ``num_workers`` actors (default: as
+    many as the cluster has CPUs, or GPUs for a CUDA model, per worker) each hold the model and use
     ``cpus_per_worker`` cores; ``batch_size`` files per forward pass. Files that fail are
     reported to ``tally`` as (path, reason) (and logged by the worker), never raised.
     """
@@ -211,7 +211,7 @@ def run_ray_embed(model: torch.nn.Module, paths: Sequence[Path], output: str | P
                   cpus_per_worker: int = 1, missing: Sequence[tuple[str, str]] = (),
                   rows_per_file: int = ROWS_PER_FILE, quiet: bool = True,
                   progress: Callable[[int, int], None] | None = None) -> RunSummary:
-    """:func:`mobilevec.pipeline.run_embed` on Ray Data: same store, vectors and errors.
+    """:func:`mobilevec.embedding.pipeline.run_embed` on Ray Data: same store, vectors and errors.
 
     ``output`` must be a ``.parquet`` store (created or resumed; files stored with the same
     path, size and mtime are skipped). ``address``: ``None`` starts a local Ray instance for

@@ -75,7 +75,7 @@ def engine_from_model(model, backend: str = "auto", *,
                       image_size: int | tuple[int, int] | None = None,
                       threads: int | None = None, source: str | Path | None = None,
                       **options) -> Engine:
-    """An engine running the weights of ``model`` (a :class:`~mobilevec.model.MobileNet`,
+    """An engine running the weights of ``model`` (a :class:`~mobilevec.models.mobilenet.MobileNet`,
     e.g. from :func:`mobilevec.load`) on ``backend``; ``source`` is the artifact recorded in
     the exported graph's metadata. Options as for :func:`create_engine`."""
     from ..export import fuse

@@ -4,7 +4,7 @@ An engine is called like the torch module: ``engine(x)`` with ``x`` float32 NCHW
 [0, 1], a numpy array or a torch tensor, of shape ``(N, 3, H, W)`` at the engine's
 ``image_size``; it returns ``(N, num_features)`` float32 of the same type (numpy in,
 numpy out; tensor in, CPU tensor out). ``config`` is the model's
-:class:`~mobilevec.registry.ModelConfig`.
+:class:`~mobilevec.models.registry.ModelConfig`.
 """
 
 from __future__ import annotations

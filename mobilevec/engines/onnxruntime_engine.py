@@ -59,7 +59,7 @@ class OnnxRuntimeEngine(Engine):
         meta = parse_metadata(first.get_modelmeta().custom_metadata_map)
         if "model" not in meta:
             raise ValueError(f"{model if isinstance(model, str | Path) else '<onnx bytes>'}: "
-                             "not a mobilevec export (no mobilevec.model metadata)")
+                             "not a mobilevec export (no mobilevec.models.mobilenet metadata)")
         h, w = (int(v) for v in meta["image_size"].split(","))
         super().__init__(get_config(meta["model"]), (h, w), int(meta["num_features"]))
         self.precision = meta.get("precision", "fp32")

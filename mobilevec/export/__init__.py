@@ -47,7 +47,7 @@ def onnx_model(model, *, nhwc: bool = False, image_size: int | tuple[int, int] |
                calibration: Sequence[str | Path] | None = None,
                skipped: list[tuple[Path, str]] | None = None,
                int8_placement: Placement = "all-ops"):
-    """The ``onnx.ModelProto`` of ``model`` (a :class:`~mobilevec.model.MobileNet`).
+    """The ``onnx.ModelProto`` of ``model`` (a :class:`~mobilevec.models.mobilenet.MobileNet`).
 
     ``source``: the weights artifact, hashed into the metadata. ``calibration``: image
     paths; when given the result is int8 (QDQ), calibrated on them (undecodable ones are

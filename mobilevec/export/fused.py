@@ -1,6 +1,6 @@
 """A MobileNet folded for inference: the backend-neutral graph every exporter walks.
 
-:func:`fuse` turns a :class:`~mobilevec.model.MobileNet` into a short list of layers that
+:func:`fuse` turns a :class:`~mobilevec.models.mobilenet.MobileNet` into a short list of layers that
 mirror its architecture table, with everything that is constant at inference folded away:
 
 - **BatchNorm** into the preceding convolution (``w * γ/√(σ²+ε)``, ``β - μγ/√(σ²+ε)``),
@@ -190,7 +190,7 @@ def _scale_input(conv: FusedConv) -> FusedConv:
 
 
 def fuse(model, image_size: int | tuple[int, int] | None = None) -> FusedNet:
-    """Fold ``model`` (a :class:`~mobilevec.model.MobileNet`) for ``image_size`` inputs.
+    """Fold ``model`` (a :class:`~mobilevec.models.mobilenet.MobileNet`) for ``image_size`` inputs.
 
     ``image_size`` defaults to the model's published size (224); pads are fixed for it.
     The classifier, if any, is not part of the feature-vector graph. The result computes

@@ -268,7 +268,7 @@ def fetch_extracted(url: str, *, sha256: str | None = None, cache: Path | None =
                     max_files: int = 10_000) -> Path:
     """:func:`fetch` an archive, then the folder it unpacks to (``<entry>/extracted``).
 
-    Extracts once per entry, safely (see :func:`mobilevec._archive.extract_archive`);
+    Extracts once per entry, safely (see :func:`mobilevec.hub.archive.extract_archive`);
     the folder appears complete or not at all. Raises DownloadError as fetch does, or
     when the file is no safe tar/zip archive.
     """
@@ -373,7 +373,7 @@ def import_file(path: str | Path, url_or_handle: str, sha256: str | None = None,
                 cache: Path | None = None) -> CacheEntry:
     """Copy the local file ``path`` into the cache as if downloaded from ``url_or_handle``.
 
-    A handle is resolved to the URL that ``load`` would fetch (``mobilevec.artifacts``);
+    A handle is resolved to the URL that ``load`` would fetch (``mobilevec.hub.artifacts``);
     the hash the registry knows for it applies unless ``sha256`` is given. A mismatch
     raises DownloadError and leaves the existing entry, if any, untouched. Replaces the
     entry of that URL otherwise.

@@ -3,7 +3,7 @@
 This module knows nothing about the cache layout. :func:`download` writes the bytes of a
 URL into a ``part`` file chosen by the caller (appending to it when the server can resume),
 hashes every byte, fsyncs, and reports what it got in a :class:`Downloaded`. The caller
-checks the hash and renames the part into place (see :mod:`mobilevec.cache`).
+checks the hash and renames the part into place (see :mod:`mobilevec.hub.cache`).
 
 Resuming: next to ``part`` a small ``<part>.json`` records the URL and the validators the
 server sent (ETag, Last-Modified, total size) as soon as the headers arrive. A later call

@@ -6,7 +6,7 @@ path), the URL of an official artifact (TF-Slim checkpoint tarball, Keras ``.h5`
 ``.tflite``, our ``.safetensors``), any other ``http(s)://`` / ``file://`` URL of a supported
 artifact, or a local file or directory.
 
-Remote artifacts go through :mod:`mobilevec.cache` (atomic, resumable, sha256-verified,
+Remote artifacts go through :mod:`mobilevec.hub.cache` (atomic, resumable, sha256-verified,
 locked, offline-aware). The first load of an entry also writes its weights as mobilevec
 safetensors into the entry (``model.safetensors``), so a warm load reads one small file and
 never re-parses a tarball; the cache removes that file whenever the artifact is replaced.

@@ -1,6 +1,6 @@
 """Native Keras 3 blocks of the TF-Slim MobileNets, built from the resolved architecture table.
 
-The same table the PyTorch module is built from (:mod:`mobilevec.specs`) drives these
+The same table the PyTorch module is built from (:mod:`mobilevec.models.specs`) drives these
 layers, so the two cannot disagree about widths, strides or activations. Numerics follow
 TF-Slim: TF 'SAME' padding (Keras ``padding="same"`` pads the odd pixel after, as TF does, on
 every backend), BatchNorm ε = 1e-3 with ``momentum`` in TF's (= Keras') convention,

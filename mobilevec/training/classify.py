@@ -93,7 +93,7 @@ def evaluate_folder(classifier: Classifier, spec: dict, data_dir: str | Path, *,
                     batch_size: int = 32, workers: int | None = None,
                     threads: bool = False, progress=None) -> Evaluation:
     """Classify every image of a class-folder tree whose folders are (some of) the run's
-    classes; see :func:`mobilevec.datasets.read_class_folders` for the rules."""
+    classes; see :func:`mobilevec.data.datasets.read_class_folders` for the rules."""
     files = read_class_folders(data_dir, spec["class_names"])
     predictions = classify_files(classifier, files.paths, run_preprocessing(spec),
                                  batch_size=batch_size, workers=workers, threads=threads,

@@ -494,7 +494,7 @@ def _run_spec(classifier: Classifier, data: _Data, config: TrainConfig, size: tu
     return {
         "model": backbone.config.name, "num_features": backbone.num_features,
         "class_names": data.train.class_names,
-        "preprocessing": {"size": list(size), "crop": "none", "rule": "mobilevec.images "
+        "preprocessing": {"size": list(size), "crop": "none", "rule": "mobilevec.data.images "
                           "(TF decode + bilinear resize), RGB float32 in [0, 1]"},
         "head": {"dropout": config.dropout, "normalize_features": config.normalize_features,
                  "flip_average": config.flip_average},
@@ -575,7 +575,8 @@ def fit_head(classifier: Classifier, train_vectors: torch.Tensor, train_labels: 
              val_vectors: torch.Tensor, val_labels: torch.Tensor,
              config: TrainConfig | None = None) -> HeadFit:
     """Train ``classifier``'s head on feature vectors already computed (e.g. by
-    :func:`mobilevec.embed.embed_files` with the frozen backbone), without a run folder.
+    :func:`mobilevec.embedding.batching.embed_files` with the frozen backbone), without a run
+    folder.
     The head keeps the weights of the epoch with the lowest validation loss."""
     config = config or TrainConfig()
     config.check()
