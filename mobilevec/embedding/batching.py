@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 64
 # Decode processes run at a lower priority: when inference is the slow stage, a decoder
 # that takes a core from one of torch's threads stalls the whole parallel region; niced,
-# decoders still get every idle cycle. Measured: +10-19 % pipeline img/s on 2 cores (V2).
+# decoders still get every idle cycle (docs/benchmarks.md, "Measurements behind the code").
 DECODE_NICENESS = 10
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _DIED = "the decoder process died on this file (codec crash or out of memory)"
@@ -113,8 +113,8 @@ class _SharedSlots:
 
     Created before the worker processes are forked, so they inherit the mapping: a worker
     writes each decoded input into its slot and sends back only a status, and the 0.6 MB
-    arrays never go through pickling and pipes (which capped decoding at ~60 img/s per
-    worker on a 16-core machine). Only for forked workers.
+    arrays never go through pickling and pipes, which capped decoding per worker. Only
+    for forked workers.
     """
 
     def __init__(self, count: int, shape: tuple[int, ...]):
@@ -301,7 +301,7 @@ def flush_denormals() -> None:
     per-thread CPU state that other code can reset, so it is set again before each batch.
 
     Denormal activations (< 1.2e-38: they do not change a vector) are computed far slower
-    on x86; weights that produce many (randomly initialised nets) ran up to 150x slower.
+    on x86, and some weights (randomly initialised nets) produce many.
     The engines do the same (``torch-fused``, ONNX Runtime's ``set_denormal_as_zero``).
     """
     torch.set_flush_denormal(True)

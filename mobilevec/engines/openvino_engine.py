@@ -3,8 +3,8 @@
 Takes the OpenVINO IR (``.xml`` + ``.bin``) written by ``mobilevec export --format
 openvino``, or an in-memory ``openvino.Model`` (converted from mobilevec's ONNX graph).
 ``precision="f32"`` (default) keeps fp32 arithmetic; OpenVINO's own default on CPUs with
-AMX/AVX512-BF16 is bf16 (``precision="bf16"``: faster; vectors at mean cosine
-0.994–0.998 to fp32).
+AMX/AVX512-BF16 is bf16 (``precision="bf16"``: faster; vectors close to fp32, see
+docs/benchmarks.md).
 Small batches run on a latency-compiled model using ``threads`` threads; batches of at
 least :data:`SHARD_MIN_PER_STREAM` images per stream are split over ``streams`` parallel
 inference requests (default one per physical core; ``streams=1`` turns this off).
@@ -13,9 +13,8 @@ inference requests (default one per physical core; ``streams=1`` turns this off)
 
 Each batch size is compiled for its own static shape the first time it is seen (up to
 :data:`STATIC_SHAPES` sizes per mode; others, and uneven shards, run the dynamic-batch
-model): with a static shape the CPU plugin plans its kernels and memory once, which made
-V3 Small 5–17 % faster per stream (1.04–1.07× for the engine at batch 32) than
-the same graph with a dynamic batch.
+model): with a static shape the CPU plugin plans its kernels and memory once, faster than
+the same graph with a dynamic batch (docs/benchmarks.md, "Measurements behind the code").
 """
 
 from __future__ import annotations

@@ -5,10 +5,8 @@ the CPU plugin runs it at a small fraction of the core's peak (the 3-channel red
 fills few lanes) and, before it, passes the whole input once more to add the centring
 offset (``x - 0.5``, see :mod:`mobilevec.export.fused`). :func:`quantize_stem` turns
 that ``Add`` into a ``FakeQuantize`` of the input and quantizes the convolution's
-weights per output channel, so that the plugin runs an int8 convolution instead
-(measured on V3 Small 0.75, one stream, batch 16: 2.6 → 1.8 ms per batch for the
-convolution; the whole bf16 engine at batch 32, alternating with the same engine without
-it, 1.05–1.13× faster).
+weights per output channel, so that the plugin runs an int8 convolution instead, which
+is faster (docs/benchmarks.md, "Measurements behind the code").
 
 Why it stays exact where TF-Slim is particular, and what it costs in accuracy:
 
@@ -17,9 +15,8 @@ Why it stays exact where TF-Slim is particular, and what it costs in accuracy:
   i.e. with the centred value 0, which is what TF 'SAME' pads the scaled image with.
 - Rounding [0, 1] to 1/254 moves an input by at most 1/508; bf16 itself keeps 8
   significant bits, so it rounds inputs in [0.5, 1] by up to 1/512. The convolution then
-  accumulates in int32. With the rest of the graph in fp32, the int8 stem alone keeps
-  V3's vectors at cosine 0.9998 (mean, 96 photos; min 0.9994) of the fp32 module; in
-  bf16 mode the mean moves from 0.9948 to 0.9944 (docs/benchmarks.md).
+  accumulates in int32. What that costs the vectors, alone and in bf16 mode, is in
+  docs/benchmarks.md ("Measurements behind the code").
 - Inputs outside [0, 1] are clamped (the engine contract is [0, 1]).
 """
 

@@ -2,9 +2,8 @@
 
 Channels-last activations (oneDNN's fast layout for depthwise and 1×1 convolutions on
 x86), BatchNorm and scaling folded, ``torch.inference_mode``, denormals flushed to zero
-(x86 computes denormal floats far slower; weights whose activations are mostly denormal
-ran up to 150x slower, and flushing changes the vectors by far less than float32
-rounding). Measured in ``benchmarks/engines.py`` against the unfused module in the same layout.
+(x86 computes denormal floats far slower, and flushing changes the vectors by far less
+than float32 rounding). Timed by ``benchmarks/engines.py`` against the unfused module.
 """
 
 from __future__ import annotations

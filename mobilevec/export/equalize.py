@@ -18,7 +18,7 @@ stays zero. With ``r_c = max|h_c| / max_c max|h_c|``:
 - a **regular** convolution mixes channels, and its weights are quantized per *output*
   channel, so scaling one input channel up widens every output channel's weight range:
   ``s_c = r_c ** regular_alpha`` splits the imbalance between the two (0.5, as
-  SmoothQuant does; measured on V3, 0.5-1 are alike and beat none by 0.014 cosine).
+  SmoothQuant does; see docs/benchmarks.md, "Measurements behind the code").
 
 The ``1 / s_c`` goes into the producing convolution's weights and bias when a ReLU sits
 between them (``relu(y / s) = relu(y) / s`` for ``s > 0``: free), and into one ``Mul``

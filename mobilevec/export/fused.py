@@ -8,9 +8,9 @@ mirror its architecture table, with everything that is constant at inference fol
 - the hub's **[0, 1] → [-1, 1] scaling** into the first convolution: ``2w`` applied to
   ``x - 0.5`` (:attr:`FusedConv.input_offset`). TF 'SAME' zero-pads the *scaled* image;
   zero pads of ``x - 0.5`` are that same 0, so the fold is exact at the border pixels
-  too, where zero padding of ``x`` itself would be wrong. (The offset used to be a pad
-  value of 0.5 instead; runtimes fuse zero pads into the convolution but run a constant
-  ``Pad`` as a separate pass, 3 % of V3's time.)
+  too, where zero padding of ``x`` itself would be wrong. (Not a pad value of 0.5:
+  runtimes fuse zero pads into the convolution but run a constant ``Pad`` as a separate
+  pass.)
 - the **squeeze-excite gate** ``relu6(z + 3) * 0.16667``: the ``+3`` goes into the expand
   convolution's bias (which then ends in a plain ReLU6) and the ``0.16667`` into the
   project convolution's weights, which are linear in the gated input;

@@ -11,16 +11,16 @@ quantize/dequantize pairs (:data:`PLACEMENTS`), one per runtime's int8 kernels:
 - ``conv-inputs`` (OpenVINO's, as NNCF places them): only convolution inputs and weights
   are quantized; convolution outputs, activations, squeeze-excite and residual adds stay
   float (a residual ``Add`` that reads a convolution's input reads the same rounded
-  tensor: giving it the float one costs 9 % of V2's speed for 0.0004 of cosine), and the
-  convolutions over a pooled 1x1 map (squeeze-excite) stay fp32. OpenVINO runs these as
-  int8 convolutions with float outputs, fused with what follows (1.3-1.8x the ``all-ops``
-  file's speed there; ONNX Runtime runs it slowly, through float
-  convolutions). Float convolution outputs allow two corrections that make MobileNetV3
-  survive int8: per-channel equalization of convolution inputs (:mod:`.equalize`) and bias
-  correction (:mod:`.bias_correction`). The default for OpenVINO IR.
+  tensor, which is faster for a negligible cost), and the convolutions over a pooled 1x1
+  map (squeeze-excite) stay fp32. OpenVINO runs these as int8 convolutions with float
+  outputs, fused with what follows (faster there than the ``all-ops`` file; ONNX Runtime
+  runs it slowly, through float convolutions). Float convolution outputs allow two
+  corrections that make MobileNetV3 survive int8: per-channel equalization of convolution
+  inputs (:mod:`.equalize`) and bias correction (:mod:`.bias_correction`). The default for
+  OpenVINO IR.
 
 Some blocks do not survive int8 (in the real V2 weights, with ``all-ops``, the first
-inverted-residual block alone takes the mean cosine to fp32 from 0.99 to 0.977). After
+inverted-residual block alone takes the vectors well below the target). After
 quantizing, the vectors are compared with fp32 on held-out calibration images; until they
 reach ``target_cosine`` (:data:`TARGET_COSINE`) with 95 % confidence, the block that costs
 the vectors most when it alone runs in int8 is kept in fp32 and the model quantized again,
@@ -47,8 +47,8 @@ log = logging.getLogger(__name__)
 DEFAULT_CALIBRATION_IMAGES = 300
 COSINE_WARNING = 0.99  # below this mean cosine to fp32 the export warns
 # Blocks are kept in fp32 until the mean cosine of int8 to fp32 vectors on the held-out
-# photos is at least this with 95 % confidence: mean - 2 standard errors (48 photos measure
-# the mean to about ±0.001; tf_flowers5, never seen, came out within 0.0025 of it).
+# photos is at least this with 95 % confidence: mean - 2 standard errors (how well 48
+# photos measure it: docs/benchmarks.md, "Measurements behind the code").
 TARGET_COSINE = 0.99
 MAX_FP32_BLOCKS = 3
 _CALIBRATION_BATCH = 16

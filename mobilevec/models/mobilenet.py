@@ -24,8 +24,8 @@ def _scaled_input(x: torch.Tensor) -> torch.Tensor:
     """Hub input in [0, 1] → the [-1, 1] that TF-Slim nets see, in channels-last memory.
 
     Channels-last is the layout oneDNN's CPU convolutions run natively: the whole net then
-    runs in it, 1.7x (V3 Small) and 1.8x (V2) faster at batch 64 than NCHW, vectors within
-    1e-5 relative (docs/benchmarks.md). The shape stays NCHW.
+    runs in it, faster than NCHW (docs/benchmarks.md, "Measurements behind the code"). The
+    shape stays NCHW.
     """
     x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
     return x * 2.0 - 1.0

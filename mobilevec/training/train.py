@@ -338,8 +338,8 @@ def _cache_features(classifier: Classifier, files: LabeledFiles, size: tuple[int
 @contextmanager
 def _one_thread() -> Iterator[None]:
     """Run torch on one thread: the head's matrices are tiny, and on a busy machine the
-    thread pool's synchronisation costs ~10x the arithmetic (measured: 100 epochs of a
-    5-class head in 2.2 s instead of 20 s on 2 shared cores)."""
+    thread pool's synchronisation costs far more than the arithmetic (docs/benchmarks.md,
+    "Measurements behind the code")."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
