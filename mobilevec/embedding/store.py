@@ -762,6 +762,9 @@ class VectorStore:
                                  f"{vectors.shape}")
             self.codec.write(self.root / f"part-{number:06d}{self.codec.suffix}", keys,
                              vectors, self.base)
+            self._done.add(_Rows([k[0] for k in keys],
+                                 [_relative(k[0], self.base) for k in keys],
+                                 [k[1] for k in keys], [k[2] for k in keys]))
         self._next += 1
 
     def adopt(self, part: Path) -> Path:
@@ -774,6 +777,10 @@ class VectorStore:
         os.replace(part, target)
         fsync_dir(self.root)
         self._next += 1
+        try:
+            self._done.add(self.codec.read_rows(target))
+        except _Damaged as e:
+            raise _damaged_error(e) from None
         return target
 
     def finish(self, merge: bool = True, prune: bool = False) -> FinishReport:
