@@ -590,25 +590,36 @@ def test_a_store_moved_alone_or_with_its_images_resumes(tmp_path, artifact, caps
         str(moved / "photos" / f"{i:03d}.png") for i in range(3))
 
 
+@pytest.mark.parametrize("suffix", [".parquet", ".npy"])
 def test_prune_drops_rows_of_gone_files_and_the_error_history_stays_bounded(tmp_path,
-                                                                           artifact, capsys):
+                                                                           artifact, capsys,
+                                                                           suffix):
     folder = tmp_path / "in"
     paths = folder_of_photos(folder, 4)
     (folder / "bad.png").write_bytes(b"broken")
-    out = tmp_path / "v.parquet"
+    out = tmp_path / f"v{suffix}"
+    root = out if suffix == ".parquet" else tmp_path / "v.npy.parts"
     argv = (folder, "-o", out, "--workers", "0")
     for _ in range(3):
         assert embed(*argv, artifact=artifact) == 3
-        assert len(list((out / "_errors").iterdir())) == 1  # compacted, not one per run
+        assert len(list((root / "_errors").iterdir())) == 1  # compacted, not one per run
     paths[0].unlink()  # deleted
     paths[1].rename(folder / "renamed.png")  # moved
     photo(paths[2], 40, (30, 30))  # changed: a new row, the old one hidden
     (folder / "bad.png").unlink()
     capsys.readouterr()
     assert embed(*argv, "--prune", artifact=artifact) == 0
-    assert "2 embedded, 0 failed, 1 skipped" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    # rows of the deleted file, of the moved file's old path, and the changed file's old row
+    assert "2 embedded, 0 failed, 1 skipped" in printed and "3 pruned" in printed
     now = {str(folder / "renamed.png"), str(paths[2]), str(paths[3])}
-    assert check_readers(out) == now  # no old row of the changed file, none of gone ones
+    if suffix == ".parquet":
+        assert check_readers(out) == now  # no old row of the changed file, none of gone ones
+    else:
+        with open(tmp_path / "v.index.csv", encoding="utf-8") as f:
+            assert sorted(r["path"] for r in csv.DictReader(f)) == sorted(now)
+        assert len(np.load(out)) == 3
+    assert sorted(read_store(out).paths) == sorted(now)
     assert read_errors(out) == []
 
 
@@ -633,17 +644,24 @@ def test_max_pixels_is_validated_and_is_the_one_limit(tmp_path, artifact, capsys
 
 
 MEMORY_CHILD = """
-import resource, sys
+import re, sys
 import numpy as np
 from mobilevec.data.images import load_array, load_rgb, resize_array
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def status(field):
+    with open("/proc/self/status") as f:
+        return int(re.search(field + r":\\s+(\\d+) kB", f.read()).group(1)) * 1024
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the peak resident size starts again from the current one
+before = status("VmRSS")
 x = load_array(sys.argv[1], 224)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+peak = status("VmHWM") - before
 assert np.array_equal(x, resize_array(load_rgb(sys.argv[1]), 224))
-print(peak * 1024)
+print(peak)
 """
 
 
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK),
+                    reason="needs Linux's /proc/self/clear_refs to measure a peak")
 def test_a_large_png_costs_one_pillow_image_in_the_decoder(tmp_path):
     width = height = 5000  # 25 MP RGB: Pillow holds it in 4 bytes a pixel, 100 MB
     line = b"\x00" + bytes(range(256)) * (width * 3 // 256) + bytes(width * 3 % 256)
@@ -660,8 +678,8 @@ def test_a_large_png_costs_one_pillow_image_in_the_decoder(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     pillow = 4 * width * height
-    # a full RGB copy (3 bytes a pixel) on top of Pillow's would be 175 MB
-    assert int(done.stdout) < 1.2 * pillow, f"{int(done.stdout) / 2**20:.0f} MiB"
+    # mobilevec 0.1 added a full RGB copy and its bytes: 239 MiB in all
+    assert int(done.stdout) < 1.25 * pillow, f"{int(done.stdout) / 2**20:.0f} MiB"
 
 
 def test_the_decode_budget_lets_large_decodes_wait_for_each_other():

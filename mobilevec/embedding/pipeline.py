@@ -84,11 +84,21 @@ def _keys(paths: Sequence[Path], done: Container[Key], summary: RunSummary
     return todo, keys, errors
 
 
-def _write_failed(output: str | Path, e: OSError, summary: RunSummary) -> StoreError:
+class _WriteFailed(Exception):
+    """The store could not be written (``error``: the OSError)."""
+
+    def __init__(self, error: OSError):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _write_failed(output: str | Path, e: OSError, summary: RunSummary,
+                  store: VectorStore) -> StoreError:
     full = e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
     cause = "the disk is full" if full else (e.strerror or str(e))
     return StoreError(f"cannot write to {output} ({cause}): {summary.ok} images of this run "
-                      "are stored; free space and re-run the same command to embed the rest")
+                      f"are stored ({len(store.done_keys())} in all); free space and re-run "
+                      "the same command to embed the rest")
 
 
 def _quarantine_warnings(store: VectorStore) -> list[str]:
@@ -131,7 +141,7 @@ def run_embed(model: torch.nn.Module, paths: Sequence[Path], output: str | Path,
             try:
                 store.append([], np.zeros((0, meta["dim"])), early)
             except OSError as e:
-                raise _write_failed(output, e, summary) from None
+                raise _write_failed(output, e, summary, store) from None
             summary.failed += len(early)
             summary.errors += early
         if progress:
@@ -155,7 +165,10 @@ def run_embed(model: torch.nn.Module, paths: Sequence[Path], output: str | Path,
 
         def commit(batch) -> tuple[int, list[tuple[str, str]]]:
             errors = [(str(p), reason) for p, reason in batch.errors]
-            store.append([keys[p] for p in batch.paths], batch.vectors, errors)
+            try:
+                store.append([keys[p] for p in batch.paths], batch.vectors, errors)
+            except OSError as e:
+                raise _WriteFailed(e) from None
             return len(batch.paths), errors
 
         try:
@@ -177,12 +190,14 @@ def run_embed(model: torch.nn.Module, paths: Sequence[Path], output: str | Path,
                     report = store.finish(prune=prune)
                 except KeyboardInterrupt:  # every step of finish leaves a readable store
                     summary.interrupted = True
+                except OSError as e:
+                    raise _WriteFailed(e) from None
                 else:
                     summary.pruned = report.pruned
                     summary.warnings += report.warnings
             finally:
                 writer.shutdown(wait=True)
-        except OSError as e:
-            raise _write_failed(output, e, summary) from None
+        except _WriteFailed as e:
+            raise _write_failed(output, e.error, summary, store) from None
     summary.seconds = time.perf_counter() - start
     return summary

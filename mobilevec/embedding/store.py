@@ -654,10 +654,13 @@ class VectorStore:
                     raise StoreError(f"cannot write {meta_path} ({e.strerror or e})") from None
             store = cls(output, root, kind, meta)
             store._lock, store.writable = lock, lock is not None
-            if store.writable:
-                store._recover()
-            store._check_parts()
-            store._next = store._next_number()
+            try:
+                if store.writable:
+                    store._recover()
+                store._check_parts()
+                store._next = store._next_number()
+            except OSError as e:
+                raise StoreError(f"cannot read or tidy {root} ({e.strerror or e})") from None
         except BaseException:
             if lock is not None:
                 lock.close()
@@ -889,8 +892,8 @@ class VectorStore:
             return 0
         if self.kind == "npy":  # one merged part replacing every part, in the range rule
             parts = list(rows)
-            first = min(_PART.match(p.name).group(1) for p in parts)
-            target = self.root / f"part-{first}-{self._next:06d}{self.codec.suffix}"
+            first = min(int(_PART.match(p.name).group(1)) for p in parts)
+            target = self.root / f"part-{first:06d}-{self._next:06d}{self.codec.suffix}"
             self._next += 1
             self.codec.write_merged(target, parts, [masks[p] for p in parts])
             self._recover()
