@@ -48,9 +48,9 @@ def _walk(folder: Path, found: Sources) -> Iterator[Path]:
     seen: set[tuple[int, int]] = set()
 
     def unreadable(error: OSError) -> None:
-        where = error.filename or folder
+        where = os.path.abspath(error.filename or folder)
         log.warning("cannot list %s: %s", where, error.strerror or error)
-        found.missing.append((str(where), f"cannot list this folder ({error.strerror or error})"))
+        found.missing.append((where, f"cannot list this folder ({error.strerror or error})"))
 
     for root, dirs, files in os.walk(folder, onerror=unreadable, followlinks=True):
         try:
