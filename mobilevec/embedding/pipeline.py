@@ -15,12 +15,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .batching import DEFAULT_BATCH_SIZE, Preprocessing, embed_batches
 from .provenance import store_meta
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..engines import Engine
 from .store import Key, VectorStore, file_key
 
 __all__ = ["RunSummary", "run_embed", "store_meta"]
@@ -62,7 +67,7 @@ def _keys(paths: Sequence[Path], done: set[Key], summary: RunSummary
     return todo, keys, errors
 
 
-def run_embed(model: torch.nn.Module, paths: Sequence[Path], output: str | Path, *,
+def run_embed(model: torch.nn.Module | Engine, paths: Sequence[Path], output: str | Path, *,
               prep: Preprocessing, meta: dict, batch_size: int = DEFAULT_BATCH_SIZE,
               workers: int | None = None, threads: bool = False,
               missing: Sequence[tuple[str, str]] = (), prefetch: int | None = None,

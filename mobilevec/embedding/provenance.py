@@ -8,7 +8,6 @@ the preprocessing and the output options. :func:`model_for_store` rebuilds that 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,24 +15,12 @@ from typing import TYPE_CHECKING
 from .._io import sha256_tree
 from .._version import __version__
 from ..errors import StoreError
+from ..models.factory import model_fingerprint
 
 if TYPE_CHECKING:
     import torch
 
     from .batching import Preprocessing
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 of the model name and every parameter and buffer: equal iff same vectors."""
-    import torch
-
-    digest = hashlib.sha256(str(getattr(getattr(model, "config", None), "name", "")).encode())
-    for key, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
-        digest.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else
-                      t.float().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def store_meta(model: torch.nn.Module, prep: Preprocessing, *, normalize: bool = False,

@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
@@ -26,11 +26,13 @@ from ..errors import MobilevecError, WeightsError
 from ..formats.detect import Weights, detect_format, read_weights
 from ..formats.safetensors_format import read_safetensors_metadata, write_safetensors
 from ..models.factory import create_model
-from ..models.mobilenet import MobileNet
 from ..models.names import to_tf_variables
 from ..models.registry import MODELS, infer_model
 from . import cache as _cache
 from .archive import archive_kind
+
+if TYPE_CHECKING:
+    from ..models.mobilenet import MobileNet
 
 log = logging.getLogger(__name__)
 
