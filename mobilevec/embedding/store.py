@@ -51,7 +51,10 @@ META_NAME = "_mobilevec.json"
 FORMAT = "mobilevec-vectors/1"
 ROW_GROUP_ROWS = 8192
 # What must match for vectors of two runs to be comparable (weights path may move).
-COMPATIBLE_KEYS = ("model", "fingerprint", "dim", "dtype", "normalize", "preprocessing")
+COMPATIBLE_KEYS = ("model", "fingerprint", "dim", "dtype", "normalize", "preprocessing",
+                   "precision")
+# Stores written before a key existed hold its value then.
+_KEY_DEFAULTS = {"precision": "fp32"}
 
 Key = tuple[str, int, int]  # (absolute path, size in bytes, mtime in ns)
 _PART = re.compile(r"^part-(\d{6,})(?:-(\d{6,}))?\.(parquet|npy)$")
@@ -238,6 +241,7 @@ class VectorStore:
         meta_path = root / META_NAME
         if meta_path.exists():
             stored = json.loads(meta_path.read_text())
+            stored = {**_KEY_DEFAULTS, **stored}
             diff = [k for k in COMPATIBLE_KEYS if stored.get(k) != meta.get(k)]
             if diff:
                 details = "; ".join(f"{k}: stored {stored.get(k)!r}, now {meta.get(k)!r}"

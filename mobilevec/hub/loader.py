@@ -199,6 +199,17 @@ def _model_from_name(file_name: str) -> str | None:
     return name if name in MODELS else None
 
 
+def model_name(resolved: Resolved) -> str:
+    """The model of a resolved handle, without building it: what the handle names, what
+    the entry's converted weights record, or what the variables imply."""
+    if resolved.model:
+        return resolved.model
+    converted = resolved.entry / _cache.SAFETENSORS if resolved.entry is not None else None
+    if converted is not None and converted.is_file():
+        return _named_model(converted)
+    return _named_model(read_weights(resolved.path))
+
+
 def _named_model(weights: Path | Weights) -> str:
     """The model that mobilevec safetensors record, or that the variables imply."""
     if isinstance(weights, Path):
