@@ -19,6 +19,7 @@ from .errors import MobilevecError, UnknownModelError, WeightsError
 
 if TYPE_CHECKING:
     from .api import create, save
+    from .embedding.embedder import Embedder, embedder
     from .formats.detect import read_weights
     from .hub.loader import load
     from .models.mobilenet import MobileNet
@@ -30,11 +31,12 @@ _LAZY = {
     "load": "hub.loader",
     "MobileNet": "models.mobilenet",
     "get_config": "models.registry", "list_models": "models.registry",
+    "embedder": "embedding.embedder", "Embedder": "embedding.embedder",
 }
 
-__all__ = ["MobileNet", "MobilevecError", "UnknownModelError", "WeightsError",
-           "__version__", "create", "get_config", "list_models", "load", "read_weights",
-           "save"]
+__all__ = ["Embedder", "MobileNet", "MobilevecError", "UnknownModelError", "WeightsError",
+           "__version__", "create", "embedder", "get_config", "list_models", "load",
+           "read_weights", "save"]
 
 
 def __getattr__(name: str) -> Any:
