@@ -93,8 +93,10 @@ class Embedder:
     """
 
     def __init__(self, runner: Any, source: WeightsSource, *, precision: str = "fp32",
-                 fingerprint: str | None = None, quality: dict | None = None):
+                 fingerprint: str | None = None, quality: dict | None = None,
+                 image_size: int | tuple[int, int] | None = None):
         self.runner, self.source, self.precision = runner, source, precision
+        self._image_size = image_size
         self.quality = dict(quality or {})
         self.config: ModelConfig = runner.config
         self.num_features = int(runner.num_features)
@@ -106,8 +108,12 @@ class Embedder:
 
     @property
     def image_size(self) -> tuple[int, int]:
-        size = getattr(self.runner, "image_size", None)
-        return tuple(size) if size is not None else self.config.input.size
+        """The input size: an engine's fixed one, else the one asked for, else the
+        model's published size."""
+        size = getattr(self.runner, "image_size", None) or self._image_size
+        if size is None:
+            return self.config.input.size
+        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
     @property
     def fingerprint(self) -> str:
@@ -165,17 +171,20 @@ def embedder(model: str | None = None, weights: str | Path | None = None, *,
         if precision != "fp32":
             raise MobilevecError(f"--precision {precision} needs an engine backend, not torch")
         module = source.load().to(device)
-        return Embedder(module, source)
+        return Embedder(module, source, image_size=image_size)
     if device != "cpu":
         log.warning("--device %s applies to the torch backend only; %s runs on the CPU",
                     device, backend)
     if source.artifact is None or backend not in ("openvino", "onnxruntime"):
         from ..engines import engine_from_model
+        from ..models.factory import model_fingerprint
 
         module = source.load()
+        options = {"precision": "bf16"} if precision == "bf16" else {}
         engine = engine_from_model(module, backend, image_size=image_size,
-                                   source=source.artifact, threads=threads)
-        return Embedder(engine, source, precision=precision)
+                                   source=source.artifact, threads=threads, **options)
+        return Embedder(engine, source, precision=precision,
+                        fingerprint=model_fingerprint(module))
     engine = cached_engine(source.model, source.artifact, backend=backend, precision=precision,
                            image_size=image_size, calibration=calibration, threads=threads,
                            load=source.load)

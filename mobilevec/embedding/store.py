@@ -237,7 +237,7 @@ class VectorStore:
         if root.exists() and not root.is_dir():
             raise StoreError(f"{root} exists and is not a mobilevec vector folder; pick "
                              "another -o or remove it")
-        meta = {"format": FORMAT, "kind": kind, **meta}
+        meta = {"format": FORMAT, "kind": kind, **_KEY_DEFAULTS, **meta}
         meta_path = root / META_NAME
         if meta_path.exists():
             stored = json.loads(meta_path.read_text())

@@ -82,7 +82,8 @@ class OpenVinoEngine(Engine):
         }
         # (mode, batch size or None for the dynamic batch) -> one request per stream
         self._requests: dict[tuple[str, int | None], list] = {}
-        self._infer_requests("latency", None)  # compile errors surface at construction
+        if blobs is None:  # compile errors surface at construction; cached ones were fine
+            self._infer_requests("latency", None)
 
     def _infer_requests(self, mode: str, batch: int | None) -> list:
         """Requests of the model compiled for ``mode`` at a static ``batch`` (None: dynamic)."""
