@@ -43,8 +43,8 @@ from mobilevec.embedding.batching import (  # noqa: E402
     default_workers,
     flush_denormals,
 )
+from mobilevec.embedding.embedder import embedder  # noqa: E402
 from mobilevec.embedding.pipeline import run_embed, store_meta  # noqa: E402
-from mobilevec.engines import engine_from_model  # noqa: E402
 
 DATA = Path(os.environ.get("MOBILEVEC_DATA_DIR", REPO.parent / "shared" / "data"))
 WEIGHTS = Path(os.environ.get("MOBILEVEC_WEIGHTS_DIR", REPO.parent / "shared" / "weights"))
@@ -143,9 +143,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--threads", action="store_true", help="decode in threads")
     parser.add_argument("--device", default="cpu", help="torch device for the model")
-    parser.add_argument("--backend", default="torch",
-                        help="inference backend, as `mobilevec embed --backend` (torch, "
-                             "onnxruntime, openvino, ...)")
+    parser.add_argument("--backend", default="auto",
+                        help="inference backend, as `mobilevec embed --backend` (auto: the "
+                             "default engine; torch, onnxruntime, openvino, ...)")
+    parser.add_argument("--precision", default="fp32", help="fp32, bf16 or int8")
+    parser.add_argument("--engine-threads", type=int,
+                        help="engine threads and streams (default: physical cores)")
     parser.add_argument("--torch-threads", type=int, help="torch intra-op threads")
     parser.add_argument("--prefetch", type=int, nargs="+", default=[None],
                         help="files decoded ahead of the model (default: 4 batches); several "
@@ -176,8 +179,9 @@ def main() -> None:
               f"{time.perf_counter() - t:.0f} s")
         module = create(args.model, weights=weights, trainable=False).to(args.device)
         size = (module.config.image_size,) * 2
-        runner = (module if args.backend == "torch"
-                  else engine_from_model(module, args.backend, source=weights))
+        runner = embedder(args.model, weights, backend=args.backend, precision=args.precision,
+                          device=args.device, threads=args.engine_threads,
+                          calibration=paths).runner
         prep = Preprocessing(size=size, draft=not args.exact_decode)
         first = [a for _, a, _ in decode_files(paths[:args.batch_size], prep, workers=1)]
         batch = np.stack([a for a in first if a is not None])
@@ -191,7 +195,9 @@ def main() -> None:
                 runs[prefetch].append(pipeline(
                     module, runner, paths, prep, args.workers, args.threads, args.batch_size,
                     weights, tmp / f"r{r}p{prefetch}.parquet", prefetch))
-        where = args.device if args.backend == "torch" else f"{args.backend} (CPU)"
+        where = (args.device if args.backend == "torch" else
+                 f"{getattr(runner, 'backend', 'torch')} {args.precision} (CPU, "
+                 f"{args.engine_threads or 'default'} engine threads)")
         print(f"\n{args.model} on {where}, {len(paths)} images, batch "
               f"{args.batch_size}, draft {'off' if args.exact_decode else 'on'}, "
               f"{args.workers} decode {'threads' if args.threads else 'processes'}, "

@@ -94,6 +94,10 @@ class MissingDependencyError(MobilevecError, ImportError):
         super().__init__(f"{need} the {module!r} package: pip install 'mobilevec[{extra}]'")
 
 
+class PrecisionError(MobilevecError):
+    """A precision this machine cannot run natively, or that no installed backend offers."""
+
+
 class MissingBackendError(MissingDependencyError):
     """An inference backend's runtime is not installed; the message names the pip extra."""
 

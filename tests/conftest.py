@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 from _http_server import LocalServer
 from shared_paths import DATA_DIR, V2_NPY, V3_TFLITE, require
+
+# One engine and download cache for the whole session, never the user's: the default
+# engine writes its exported graphs there (tests that need an empty one use cache_root).
+os.environ["MOBILEVEC_CACHE"] = tempfile.mkdtemp(prefix="mobilevec-test-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -433,7 +433,7 @@ def test_cli_export_int8_needs_a_calibration_folder(tmp_path, capsys):
 def test_cli_backends_lists_runtimes(capsys):
     assert main(["backends"]) == 0
     out = capsys.readouterr().out
-    assert "onnxruntime" in out and "<- auto" in out
+    assert "onnxruntime" in out and "<- default (fp32, exact)" in out
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch-fused"])

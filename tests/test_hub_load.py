@@ -343,7 +343,9 @@ def test_embed_and_search_by_handle(hub_mirror, cache_root, tmp_path, capsys):
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
     out = tmp_path / "v.npy"
     assert cli_main(["embed", str(folder), "--handle", HUB_HANDLE, "-o", str(out),
-                     "--quiet", "--workers", "0", "--exact-decode"]) == 3  # one bad file
+                     "--quiet", "--workers", "0", "--exact-decode",
+                     "--backend", "torch"]) == 3  # one bad file (the torch module: these
+    # random weights amplify summation order beyond the engines' 1e-4)
     stored = read_store(out)
     assert len(stored.paths) == 3
     direct = mobilevec.create(V2_035, weights=CKPT_DIR / "model.ckpt")

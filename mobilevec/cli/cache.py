@@ -67,6 +67,11 @@ def cmd_clear(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     removed = clear(args.handle)
     print(f"removed {removed} entr{'y' if removed == 1 else 'ies'} from {cache_dir()}")
+    if args.all:
+        from ..engines.cache import clear as clear_engines
+
+        engines = clear_engines()
+        print(f"removed {engines} compiled engine{'' if engines == 1 else 's'}")
     return EXIT_OK
 
 

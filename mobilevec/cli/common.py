@@ -139,10 +139,15 @@ def add_decode_options(p: argparse.ArgumentParser) -> None:
                         "processes) but a crashing codec then stops the run")
     p.add_argument("--batch-size", type=int, default=64, help="images per inference batch")
     p.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda)")
-    p.add_argument("--backend", default="torch",
-                   choices=("torch", "auto", "torch-fused", "onnxruntime", "openvino", "litert"),
-                   help="inference engine (default torch; auto: the fastest installed one, "
-                        "see `mobilevec backends`); same vectors to <= 1e-4")
+    p.add_argument("--backend", default="auto",
+                   choices=("auto", "torch", "torch-fused", "onnxruntime", "openvino", "litert"),
+                   help="inference engine (default auto: the fastest installed one whose "
+                        "vectors equal the torch module's to <= 1e-4, built once per weights "
+                        "and cached; see `mobilevec backends`); torch: the PyTorch module")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "int8"),
+                   help="fp32 (default): exact; bf16 / int8: faster on CPUs with native "
+                        "bf16 / int8 instructions, vectors at the cosine to fp32 that the "
+                        "run measures and records (int8 calibrates once on the inputs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -184,6 +189,18 @@ def model_from_args(args: argparse.Namespace, *, trainable: bool = False,
 
     return create(args.model, weights=args.weights, trainable=trainable,
                   batch_norm_momentum=batch_norm_momentum)
+
+
+def embedder_from_args(args: argparse.Namespace, *, image_size: int | None = None,
+                       calibration=None):
+    """The :class:`~mobilevec.embedding.embedder.Embedder` that ``--model``/``--weights``/
+    ``--handle``, ``--backend``, ``--precision`` and ``--device`` name."""
+    from ..embedding.embedder import embedder
+
+    return embedder(args.model, args.weights, handle=getattr(args, "handle", None),
+                    backend=getattr(args, "backend", "auto"),
+                    precision=getattr(args, "precision", "fp32"), image_size=image_size,
+                    device=getattr(args, "device", "cpu"), calibration=calibration)
 
 
 def weights_source(args: argparse.Namespace) -> str | None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..api import create
 from ..embedding.batching import embed_files
+from ..embedding.embedder import embedder
 from ..embedding.search import cosine_neighbours, leave_one_out_accuracy
 
 # (model, weights file or folder inside the weights dir, TF Hub module it reproduces)
@@ -72,14 +72,14 @@ def run_demo(weights_dir: Path, data_dir: Path, progress=None) -> int:
             status = 1
             continue
         start = time.perf_counter()
-        model = create(name, weights=weights, trainable=False)
-        flowers = _embed(model, labeled_paths, progress, f"{name} flowers")
-        photos = _embed(model, gallery_paths, progress, f"{name} photos")
+        emb = embedder(name, weights)
+        flowers = _embed(emb.runner, labeled_paths, progress, f"{name} flowers")
+        photos = _embed(emb.runner, gallery_paths, progress, f"{name} photos")
         seconds = time.perf_counter() - start
         count = len(flowers.paths) + len(photos.paths)
         print(f"   weights  {weights}")
-        print(f"   embedded {count} photos into {model.num_features}-d vectors in {seconds:.1f} s "
-              f"({count / seconds:.0f} img/s)")
+        print(f"   embedded {count} photos into {emb.num_features}-d vectors in {seconds:.1f} s "
+              f"({count / seconds:.0f} img/s, {emb.backend} fp32, startup included)")
         for path, reason in flowers.errors + photos.errors:
             print(f"   skipped  {path}: {reason}")
         accuracy = leave_one_out_accuracy(flowers.vectors, labels[[labeled_paths.index(p)

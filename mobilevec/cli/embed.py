@@ -60,9 +60,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def _embed(args: argparse.Namespace, caught: Interruption) -> int:
     from ..data.images import MAX_PIXELS
     from ..embedding.batching import Preprocessing
+    from ..embedding.embedder import measure_precision
     from ..embedding.pipeline import run_embed
-    from ..embedding.provenance import model_fingerprint, store_meta
-    from .common import model_from_args, weights_source
+    from ..embedding.provenance import store_meta
+    from .common import embedder_from_args
 
     sources = expand_args(args)
     if not sources.paths and not sources.missing:
@@ -70,21 +71,20 @@ def _embed(args: argparse.Namespace, caught: Interruption) -> int:
               file=sys.stderr)
         return EXIT_ERROR
     embed = _embed_function(args, run_embed)
-    model = model_from_args(args)
-    fingerprint = model_fingerprint(model)  # of the weights as loaded, before any move
-    weights = weights_source(args)
-    size = args.size or model.config.input.size[0]
-    runner = _runner(model, args.backend, size, args.device, weights)
+    emb = embedder_from_args(args, image_size=args.size, calibration=sources.paths)
+    weights = None if emb.source.artifact is None else str(emb.source.artifact)
+    size = emb.image_size[0]
     if weights is None:
         print("warning: no --weights: random initialisation (vectors mean nothing, and a "
               "re-run cannot resume them)", file=sys.stderr)
     prep = Preprocessing(size=(size, size), crop=args.crop, draft=not args.exact_decode,
                          max_pixels=MAX_PIXELS if args.max_pixels is None else args.max_pixels)
-    meta = store_meta(model, prep, normalize=args.normalize, half=args.half,
-                      weights=weights, source=args.handle, fingerprint=fingerprint)
+    quality = measure_precision(emb, sources.paths, prep)
+    meta = store_meta(emb, prep, normalize=args.normalize, half=args.half, weights=weights,
+                      source=args.handle, precision=emb.precision, quality=quality)
     bar, update = progress_bar(len(sources.paths), "embed", args.quiet)
     try:
-        summary = embed(runner, sources.paths, args.output, prep=prep, meta=meta,
+        summary = embed(emb.runner, sources.paths, args.output, prep=prep, meta=meta,
                         batch_size=args.batch_size, missing=sources.missing, progress=update)
     finally:
         if bar is not None:
@@ -100,10 +100,20 @@ def _embed(args: argparse.Namespace, caught: Interruption) -> int:
     print(f"{'interrupted' if summary.interrupted else 'done'}: {summary.ok} embedded, "
           f"{summary.failed} failed, {summary.skipped} skipped (already in "
           f"{printable(args.output)}){pruned} in {summary.seconds:.1f} s "
-          f"({summary.images_per_second:.1f} img/s)")
+          f"({summary.images_per_second:.1f} img/s) on {emb.backend}, "
+          f"{_precision_words(emb.precision, quality)}")
     if summary.interrupted:
         return caught.exit_code
     return EXIT_FAILED_FILES if summary.failed else EXIT_OK
+
+
+def _precision_words(precision: str, quality: dict) -> str:
+    if precision == "fp32":
+        return "fp32 (exact)"
+    if not quality:
+        return precision
+    return (f"{precision} (cosine to fp32 {quality['cosine_mean']:.4f} mean, "
+            f"{quality['cosine_min']:.4f} min, on {quality['images']} of these photos)")
 
 
 def _embed_function(args: argparse.Namespace, run_embed):
@@ -114,24 +124,15 @@ def _embed_function(args: argparse.Namespace, run_embed):
         from ..embedding.ray_runner import run_ray_embed
         from ..errors import MobilevecError
 
-        if args.backend != "torch":  # engines hold native sessions that Ray cannot ship
-            raise MobilevecError("--runner ray runs the torch backend only; drop --backend")
+        if args.backend == "auto":  # engines hold native sessions that Ray cannot ship
+            args.backend = "torch"
+        if args.backend != "torch" or args.precision != "fp32":
+            raise MobilevecError("--runner ray runs the torch backend only; drop --backend "
+                                 "and --precision")
         return partial(run_ray_embed, address=args.address, num_workers=args.num_workers,
                        quiet=args.quiet, prune=args.prune)
     return partial(run_embed, workers=args.workers, threads=args.threads, prune=args.prune,
                    file_timeout=args.file_timeout or None)
-
-
-def _runner(model, backend: str, size: int, device: str, source: str | None):
-    """The torch module on ``device``, or an inference engine running its weights."""
-    if backend == "torch":
-        return model.to(device)
-    from ..engines import engine_from_model
-
-    if device != "cpu":
-        print(f"warning: --device {device} applies to the torch backend only; {backend} runs "
-              "on the CPU", file=sys.stderr)
-    return engine_from_model(model, backend, image_size=size, source=source)
 
 
 # --- search ------------------------------------------------------------------------------
@@ -139,15 +140,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..embedding.batching import Preprocessing, embed_batches
+    from ..embedding.embedder import embedder_for_store
     from ..embedding.index import neighbours
-    from ..embedding.provenance import model_for_store
     from ..embedding.store import read_meta, read_store
 
     meta = read_meta(args.vectors)
     p = meta["preprocessing"]
-    made_with = model_for_store(args.vectors, meta, model=args.model, weights=args.weights,
-                                handle=args.handle)
-    model = _runner(made_with, args.backend, p["size"][0], args.device, None)
+    model = embedder_for_store(args.vectors, meta, model=args.model, weights=args.weights,
+                               handle=args.handle, backend=args.backend,
+                               device=args.device).runner
     stored = read_store(args.vectors)
     sources = expand_args(args)
     prep = Preprocessing(size=tuple(p["size"]), crop=p["crop"], draft=p["draft"])

@@ -70,15 +70,25 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_backends(args: argparse.Namespace) -> int:
-    from ..engines import AUTO_ORDER, BACKENDS, EXTRAS, available_backends
+    from ..engines import BACKENDS, EXTRAS, available_backends
+    from ..engines.default import check_precision, default_backend
+    from ..errors import MobilevecError
 
     installed = available_backends()
-    auto = next(b for b in AUTO_ORDER if b in installed)
-    print("torch        the trainable nn.Module (mobilevec.create's default)")
+    fp32 = default_backend()
+    print("torch        the trainable nn.Module (mobilevec.create's default)"
+          + ("  <- default (no engine runtime installed)" if fp32 == "torch" else ""))
     for backend in BACKENDS:
         state = ("installed" if backend in installed
                  else f"missing: pip install 'mobilevec[{EXTRAS[backend]}]'")
-        print(f"{backend:12} {state}{'  <- auto' if backend == auto else ''}")
+        print(f"{backend:12} {state}{'  <- default (fp32, exact)' if backend == fp32 else ''}")
+    for precision in ("bf16", "int8"):
+        try:
+            check_precision(precision)
+            verdict = f"available (--precision {precision}, on openvino)"
+        except MobilevecError as e:
+            verdict = f"not available: {e}"
+        print(f"{precision:12} {verdict}")
     return EXIT_OK
 
 

@@ -101,7 +101,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                        args.epochs_given else None, val_dir=args.val, resume=args.resume,
                        overwrite=args.overwrite,
                        weights_source=None if args.resume else weights_source(args),
-                       workers=args.workers, on_embed=on_embed, on_epoch=_print_epoch(args.quiet))
+                       workers=args.workers, backend=args.backend, on_embed=on_embed,
+                       on_epoch=_print_epoch(args.quiet))
     except KeyboardInterrupt:
         print(f"interrupted: finished epochs are checkpointed in {args.output}; continue with "
               f"`mobilevec train --resume -o {args.output}`", file=sys.stderr)
@@ -280,6 +281,11 @@ def add_commands(subparsers) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="decode processes for the feature cache (default: one per core)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    p.add_argument("--backend", default="auto",
+                   choices=("auto", "torch", "torch-fused", "onnxruntime", "openvino"),
+                   help="what computes the frozen features (default auto: the fastest "
+                        "installed engine whose vectors equal the torch module's); "
+                        "fine-tuning always trains the torch module")
     _add_training_options(p)
     p.set_defaults(func=cmd_train, epochs_given=False)
 

@@ -60,13 +60,15 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from ..errors import ImageError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -375,12 +377,16 @@ def resize(images: torch.Tensor, size: Size, crop: Crop = "none") -> torch.Tenso
     """TF-style bilinear resize of float NCHW images to ``size`` (int = square), float32."""
     arrays = [resize_array(x.permute(1, 2, 0).numpy(), size, crop)
               for x in images.detach().float().cpu()]
+    import torch
+
     return torch.from_numpy(np.stack(arrays)) if arrays else images.new_zeros(
         (0, images.shape[1], *_hw(size)), dtype=torch.float32)
 
 
 def preprocess(rgb: np.ndarray, size: Size = 224, crop: Crop = "none") -> torch.Tensor:
     """``(H, W, 3)`` uint8 RGB → ``(3, h, w)`` float32 in [0, 1] (steps 5-6)."""
+    import torch
+
     return torch.from_numpy(resize_array(np.asarray(rgb), size, crop))
 
 
@@ -417,4 +423,6 @@ def load_image(path: str | Path, size: Size = 224, crop: Crop = "none", *, draft
     The default is the exact TF rule (full decode); ``draft=True`` is the pipeline's faster
     JPEG decode (see step 2).
     """
+    import torch
+
     return torch.from_numpy(load_array(path, size, crop, draft=draft, max_pixels=max_pixels))

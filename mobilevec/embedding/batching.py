@@ -31,7 +31,7 @@ import signal
 import sys
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager, suppress
@@ -40,12 +40,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ..data.images import MAX_PIXELS, Crop, ImageError, load_array, use_decode_gate
 from .search import l2_normalize
 
 if TYPE_CHECKING:
+    import torch
+
     from ..engines import Engine
 
 log = logging.getLogger(__name__)
@@ -392,6 +393,8 @@ def flush_denormals() -> None:
     on x86, and some weights (randomly initialised nets) produce many.
     The engines do the same (``torch-fused``, ONNX Runtime's ``set_denormal_as_zero``).
     """
+    import torch
+
     torch.set_flush_denormal(True)
 
 
@@ -409,7 +412,32 @@ def _input_size(model: torch.nn.Module, size: int | tuple[int, int] | None) -> t
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
-@torch.inference_mode()
+def _batch_runner(model: torch.nn.Module | Engine, batch_size: int, size: tuple[int, int]
+                  ) -> tuple[np.ndarray, Callable[[int], np.ndarray]]:
+    """``(staging, run)``: an input buffer of ``batch_size`` images, filled in place and
+    reused batch after batch, and ``run(n)``, the float32 vectors of its first ``n``.
+
+    A torch module gets a tensor buffer (pinned for fast, asynchronous copies to a GPU)
+    and runs on its device; an engine (:mod:`mobilevec.engines`) reads the numpy buffer
+    itself, and torch is not imported.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(model, torch.nn.Module):
+        staging = np.empty((batch_size, 3, *size), np.float32)
+        return staging, lambda n: np.asarray(model(staging[:n]), np.float32)
+    model.eval()
+    device = next(model.parameters()).device  # inputs follow the model (CPU or GPU)
+    inputs = torch.empty((batch_size, 3, *size), pin_memory=device.type == "cuda")
+
+    def run(n: int) -> np.ndarray:
+        with torch.inference_mode():
+            x = inputs[:n].to(device, non_blocking=True)
+            flush_denormals()  # per batch: decoding in this thread can reset the FPU flags
+            return model(x).float().cpu().numpy()
+
+    return inputs.numpy(), run
+
+
 def embed_batches(model: torch.nn.Module | Engine, paths: Iterable[str | Path], *,
                   prep: Preprocessing | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                   workers: int | None = None, threads: bool = False,
@@ -428,26 +456,12 @@ def embed_batches(model: torch.nn.Module | Engine, paths: Iterable[str | Path], 
     ``file_timeout`` bounds one file's read and decode (see :func:`decode_files`).
     """
     prep = prep or Preprocessing(size=_input_size(model, None))
-    if isinstance(model, torch.nn.Module):
-        model.eval()
-        device = next(model.parameters()).device  # inputs follow the model (CPU or GPU)
-    else:  # an engine (mobilevec.engines): CPU arrays in, same contract
-        device = torch.device("cpu")
-    # One input buffer, filled in place and reused batch after batch (pinned for fast,
-    # asynchronous copies to a GPU); the forward pass has finished with it when the vectors
-    # are back on the CPU.
-    inputs = torch.empty((batch_size, 3, *prep.size), pin_memory=device.type == "cuda")
-    staging = inputs.numpy()
+    staging, run = _batch_runner(model, batch_size, prep.size)
     done: list[Path] = []
     errors: list[tuple[Path, str]] = []
 
     def flush() -> Batch:
-        if done:
-            x = inputs[:len(done)].to(device, non_blocking=True)
-            flush_denormals()  # per batch: decoding in this thread can reset the FPU flags
-            vectors = model(x).float().cpu().numpy()
-        else:
-            vectors = np.zeros((0, output_width(model)), np.float32)
+        vectors = run(len(done)) if done else np.zeros((0, output_width(model)), np.float32)
         return Batch(list(done), l2_normalize(vectors) if normalize else vectors, list(errors))
 
     for path, array, reason in _decode_stream(paths, prep, workers, threads,

@@ -21,15 +21,20 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ..data.images import not_a_regular_file
 from ..errors import StoreError
 from .batching import DEFAULT_BATCH_SIZE, DEFAULT_FILE_TIMEOUT, Preprocessing, embed_batches
 from .provenance import store_meta
 from .store import Key, VectorStore
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..engines import Engine
 
 __all__ = ["RunSummary", "run_embed", "store_meta"]
 
@@ -106,7 +111,7 @@ def _quarantine_warnings(store: VectorStore) -> list[str]:
             "embedded again" for where, cause in store.quarantined]
 
 
-def run_embed(model: torch.nn.Module, paths: Sequence[Path], output: str | Path, *,
+def run_embed(model: torch.nn.Module | Engine, paths: Sequence[Path], output: str | Path, *,
               prep: Preprocessing, meta: dict, batch_size: int = DEFAULT_BATCH_SIZE,
               workers: int | None = None, threads: bool = False,
               missing: Sequence[tuple[str, str]] = (), prefetch: int | None = None,

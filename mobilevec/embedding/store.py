@@ -91,7 +91,10 @@ _FORMAT_PREFIX = "mobilevec-vectors/"
 _FORMAT_VERSION = 2  # 1: no relpath / raw columns, no merge folders (still read and resumed)
 ROW_GROUP_ROWS = 8192
 # What must match for vectors of two runs to be comparable (weights path may move).
-COMPATIBLE_KEYS = ("model", "fingerprint", "dim", "dtype", "normalize", "preprocessing")
+COMPATIBLE_KEYS = ("model", "fingerprint", "dim", "dtype", "normalize", "preprocessing",
+                   "precision")
+# Stores written before a key existed hold its value then.
+_KEY_DEFAULTS = {"precision": "fp32"}
 
 Key = tuple[str, int, int]  # (absolute path, size in bytes, mtime in ns)
 _PART = re.compile(r"^part-(\d{6,})(?:-(\d{6,}))?\.(parquet|npy)$")
@@ -622,6 +625,7 @@ class VectorStore:
         output = Path(output)
         root, kind = store_paths(output)
         _refuse_foreign(output, root, kind)
+        meta = {**_KEY_DEFAULTS, **meta}
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -631,7 +635,7 @@ class VectorStore:
         try:
             meta_path = root / META_NAME
             if meta_path.is_file():
-                stored = _load_meta(meta_path)
+                stored = {**_KEY_DEFAULTS, **_load_meta(meta_path)}
                 diff = [k for k in COMPATIBLE_KEYS if stored.get(k) != meta.get(k)]
                 if diff:
                     details = "; ".join(f"{k}: stored {stored.get(k)!r}, now {meta.get(k)!r}"

@@ -10,15 +10,19 @@ numpy out; tensor in, CPU tensor out). ``config`` is the model's
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .._optional import require
 from ..errors import MissingBackendError, MissingDependencyError
 from ..models.registry import ModelConfig
+
+if TYPE_CHECKING:
+    import torch
 
 # pip extra that installs each optional runtime (pyproject [project.optional-dependencies]).
 EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino", "litert": "litert"}
@@ -64,10 +68,14 @@ class Engine:
 
     def run_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """Tensor twin of :meth:`run` (numpy views both ways: no copies)."""
+        import torch
+
         return torch.from_numpy(self.run(x.numpy()))
 
     def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-        if isinstance(x, torch.Tensor):
+        # A tensor exists only where torch was imported; engines themselves never import it.
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(x, torch.Tensor):
             t = x.detach().to("cpu", torch.float32).contiguous()
             self._check(tuple(t.shape))
             if t.shape[0] == 0:

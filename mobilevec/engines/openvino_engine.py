@@ -19,6 +19,7 @@ the same graph with a dynamic batch (docs/benchmarks.md, "Measurements behind th
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -39,13 +40,20 @@ def _ov():
 
 
 class OpenVinoEngine(Engine):
-    """``model``: path of an ``.xml`` IR, or an ``openvino.Model`` carrying mobilevec rt_info."""
+    """``model``: path of an ``.xml`` IR, or an ``openvino.Model`` carrying mobilevec rt_info.
+
+    ``blobs``: where compiled models are kept between runs (an
+    :class:`~mobilevec.engines.cache.EngineEntry`): each compilation is imported from
+    there when present and exported there when made, so a warm start compiles nothing.
+    """
 
     backend = "openvino"
 
     def __init__(self, model, *, threads: int | None = None, precision: str = "f32",
-                 streams: int | None = None, int8_stem: bool | None = None):
+                 streams: int | None = None, int8_stem: bool | None = None,
+                 blobs=None):
         ov = _ov()
+        self._blobs = blobs
         self._core = ov.Core()
         if isinstance(model, str | Path):
             model = self._core.read_model(str(model))
@@ -74,7 +82,8 @@ class OpenVinoEngine(Engine):
         }
         # (mode, batch size or None for the dynamic batch) -> one request per stream
         self._requests: dict[tuple[str, int | None], list] = {}
-        self._infer_requests("latency", None)  # compile errors surface at construction
+        if blobs is None:  # compile errors surface at construction; cached ones were fine
+            self._infer_requests("latency", None)
 
     def _infer_requests(self, mode: str, batch: int | None) -> list:
         """Requests of the model compiled for ``mode`` at a static ``batch`` (None: dynamic)."""
@@ -88,11 +97,31 @@ class OpenVinoEngine(Engine):
                 model = model.clone()
                 h, w = self.image_size
                 model.reshape([batch, 3, h, w])
-            compiled = self._core.compile_model(model, "CPU", self._settings[mode])
+            compiled = self._compile(model, mode, batch)
             count = self.streams if mode == "throughput" else 1
             self._requests[key] = [compiled.create_infer_request() for _ in range(count)]
             log.debug("compiled %s for %s batch %s", self.config.name, mode, batch or "dynamic")
         return self._requests[key]
+
+    def _compile(self, model, mode: str, batch: int | None):
+        """The compiled model, imported from ``blobs`` when it holds it, else compiled (and
+        exported there)."""
+        settings = self._settings[mode]
+        name = json.dumps([mode, batch, self.int8_stem, sorted(settings.items())], default=str)
+        if self._blobs is not None:
+            data = self._blobs.load_blob(name)
+            if data is not None:
+                try:
+                    return self._core.import_model(data, "CPU", settings)
+                except RuntimeError as e:  # a blob of another build of the runtime
+                    log.info("cannot import the compiled %s (%s); compiling", name, e)
+                    self._blobs.drop_blob(name)
+        compiled = self._core.compile_model(model, "CPU", settings)
+        if self._blobs is not None:
+            exported = compiled.export_model()
+            self._blobs.save_blob(name, exported if isinstance(exported, bytes)
+                                  else exported.getvalue())
+        return compiled
 
     def run(self, x: np.ndarray) -> np.ndarray:
         n, streams = len(x), self.streams

@@ -19,14 +19,29 @@ import logging
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .._optional import require
-from .fused import FusedNet, fuse
 from .metadata import build_metadata, source_sha256
-from .quantize import PLACEMENTS, Placement, calibration_paths
+
+if TYPE_CHECKING:
+    from .fused import FusedNet, fuse
+    from .quantize import PLACEMENTS, Placement, calibration_paths
 
 log = logging.getLogger(__name__)
+
+# Imported on first use: the folding reads torch modules, and readers of an export's
+# metadata (the engines, on a warm start) must not import torch.
+_LAZY = {"FusedNet": "fused", "fuse": "fused", "PLACEMENTS": "quantize",
+         "Placement": "quantize", "calibration_paths": "quantize"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
 
 Format = Literal["onnx", "openvino", "tflite"]
 __all__ = ["PLACEMENTS", "FusedNet", "calibration_paths", "default_int8_placement", "export",
@@ -55,6 +70,7 @@ def onnx_model(model, *, nhwc: bool = False, image_size: int | tuple[int, int] |
     (``all-ops``) or OpenVINO (``conv-inputs``), see :mod:`.quantize`.
     """
     _require_onnx()
+    from .fused import fuse
     from .onnx_graph import to_onnx
 
     net = fuse(model, image_size)
@@ -86,6 +102,7 @@ def tflite_bytes(model, *, image_size: int | tuple[int, int] | None = None,
                  source: str | Path | None = None) -> bytes:
     """The float32 NHWC ``.tflite`` of ``model`` (see :mod:`.tflite_writer`)."""
     require("tflite", "litert", purpose=".tflite export")
+    from .fused import fuse
     from .tflite_writer import to_tflite
 
     net = fuse(model, image_size)

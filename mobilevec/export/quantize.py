@@ -66,10 +66,15 @@ def calibration_paths(folder: str | Path, limit: int = DEFAULT_CALIBRATION_IMAGE
     paths = sorted(expand_inputs([str(folder)]).paths)
     if not paths:
         raise FileNotFoundError(f"no images found under {folder} to calibrate int8 with")
-    if len(paths) > limit:
-        step = len(paths) / limit
-        paths = [paths[int(i * step)] for i in range(limit)]
-    return paths
+    return spread(paths, limit)
+
+
+def spread(paths: Sequence[Path], limit: int) -> list[Path]:
+    """At most ``limit`` of ``paths``, evenly spaced over the sequence."""
+    if len(paths) <= limit:
+        return list(paths)
+    step = len(paths) / limit
+    return [paths[int(i * step)] for i in range(limit)]
 
 
 def calibration_images(paths: Sequence[str | Path], image_size: tuple[int, int],

@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
@@ -26,11 +26,13 @@ from ..errors import MobilevecError, WeightsError
 from ..formats.detect import Weights, detect_format, read_weights
 from ..formats.safetensors_format import read_safetensors_metadata, write_safetensors
 from ..models.factory import create_model
-from ..models.mobilenet import MobileNet
 from ..models.names import to_tf_variables
 from ..models.registry import MODELS, infer_model
 from . import cache as _cache
 from .archive import archive_kind
+
+if TYPE_CHECKING:
+    from ..models.mobilenet import MobileNet
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +197,17 @@ def _model_from_name(file_name: str) -> str | None:
 
     name, _ = _from_file_name(file_name)
     return name if name in MODELS else None
+
+
+def model_name(resolved: Resolved) -> str:
+    """The model of a resolved handle, without building it: what the handle names, what
+    the entry's converted weights record, or what the variables imply."""
+    if resolved.model:
+        return resolved.model
+    converted = resolved.entry / _cache.SAFETENSORS if resolved.entry is not None else None
+    if converted is not None and converted.is_file():
+        return _named_model(converted)
+    return _named_model(read_weights(resolved.path))
 
 
 def _named_model(weights: Path | Weights) -> str:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import WeightsError
 from ..formats.detect import Weights, read_weights
 from ..formats.safetensors_format import write_safetensors
-from .mobilenet import MobileNet
 from .names import load_tf_variables, logits_classes, to_tf_variables
 from .registry import get_config
+
+if TYPE_CHECKING:
+    from .mobilenet import MobileNet
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +34,8 @@ def create_model(name: str, weights: str | Path | Weights | None = None, *,
 
     The returned module maps float32 NCHW RGB in [0, 1] to ``(N, num_features)``.
     """
+    from .mobilenet import MobileNet  # torch: imported by what builds a module, only
+
     config = get_config(name)
     model = MobileNet(config)
     if weights is not None:
@@ -55,3 +61,15 @@ def save_model(model: MobileNet, path: str | Path) -> Path:
         metadata["num_classes"] = str(model.classifier.out_features)
     return write_safetensors(to_tf_variables(model), path, metadata)
 
+
+def model_fingerprint(model) -> str:
+    """sha256 of the model name and every parameter and buffer: equal iff same vectors."""
+    import torch
+
+    digest = hashlib.sha256(str(getattr(getattr(model, "config", None), "name", "")).encode())
+    for key, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else
+                      t.float().numpy().tobytes())
+    return digest.hexdigest()

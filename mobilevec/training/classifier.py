@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -97,3 +98,18 @@ class FlipViews(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.backbone.features(x), self.backbone.features(x.flip(-1))], 1)
+
+
+class FlippedPairs:
+    """Like :class:`FlipViews`, for an engine (numpy in, numpy out): its features of each
+    image and of its mirror image, side by side ``(N, 2 D)``."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.config = engine.config
+        self.image_size = engine.image_size
+        self.num_outputs = 2 * engine.num_features
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        mirrored = np.ascontiguousarray(x[..., ::-1])
+        return np.concatenate([self.engine(x), self.engine(mirrored)], 1)

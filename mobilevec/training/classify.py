@@ -15,11 +15,13 @@ from .classifier import Classifier
 from .runs import RunFolder
 
 
-def load_classifier(run_dir: str | Path, backend: str = "torch") -> tuple[Classifier, dict]:
+def load_classifier(run_dir: str | Path, backend: str | None = "auto"
+                    ) -> tuple[Classifier, dict]:
     """The trained classifier of a run folder (eval mode) and its ``run.json`` spec.
 
     ``backend`` other than "torch" computes the backbone's features on that inference
-    engine (:mod:`mobilevec.engines`, at the run's input size); the head stays in torch.
+    engine (:mod:`mobilevec.engines`, at the run's input size; "auto": the fastest exact
+    one, cached per run folder); the head stays in torch.
     """
     from ..models.factory import create_model
 
@@ -28,10 +30,20 @@ def load_classifier(run_dir: str | Path, backend: str = "torch") -> tuple[Classi
     backbone = create_model(spec["model"], weights=run.model_path(), trainable=False)
     head = spec.get("head", {})
     engine = None
-    if backend != "torch":
+    size = tuple(spec["preprocessing"]["size"])
+    if backend in (None, "auto"):
+        from ..engines.default import default_backend
+
+        backend = default_backend()
+    if backend in ("openvino", "onnxruntime"):
+        from ..engines.default import cached_engine
+
+        # The run's model.safetensors holds exactly this module: it is the cache key.
+        engine = cached_engine(spec["model"], run.model_path(), backend=backend,
+                               image_size=size, load=lambda: backbone)
+    elif backend != "torch":
         from ..engines import engine_from_model
 
-        size = tuple(spec["preprocessing"]["size"])
         engine = engine_from_model(backbone, backend, image_size=size, source=run.model_path())
     classifier = Classifier(backbone, len(spec["class_names"]), head.get("dropout", 0.0),
                             head.get("normalize_features", False),

@@ -50,7 +50,7 @@ from ..embedding.batching import embed_files
 from ..errors import MobilevecError
 from ..models.mobilenet import MobileNet
 from ..models.names import LOGITS_SCOPE, load_tf_variables, to_tf_variables, torch_to_tf
-from .classifier import Classifier, FlipViews, batch_norm_is_folded
+from .classifier import Classifier, FlippedPairs, FlipViews, batch_norm_is_folded
 from .runs import RunError, RunFolder, restore_optimizer
 
 log = logging.getLogger(__name__)
@@ -313,19 +313,36 @@ class _Progress:
         self.embed, self.epoch = embed, epoch
 
 
+def _feature_runner(classifier: Classifier, size: tuple[int, int], backend: str | None):
+    """What computes the frozen backbone's features: the default engine (``backend``
+    "auto"), a named one, or the torch module ("torch"); with flip averaging, the features
+    of each image and its mirror side by side."""
+    from ..engines import engine_from_model
+    from ..engines.default import default_backend
+
+    backbone = classifier.backbone.eval()
+    backend = default_backend() if backend in (None, "auto") else backend
+    if backend == "torch":
+        return FlipViews(backbone) if classifier.flip_average else backbone
+    # Not the engine cache: its entries hold the artifact's own module, and this backbone
+    # carries the run's new head. Compiling once per run costs a second or two.
+    engine = engine_from_model(backbone, backend, image_size=size)
+    return FlippedPairs(engine) if classifier.flip_average else engine
+
+
 def _cache_features(classifier: Classifier, files: LabeledFiles, size: tuple[int, int],
-                    workers: int | None, progress: _Progress, what: str
+                    workers: int | None, progress: _Progress, what: str, features
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
                                list[tuple[Path, str]]]:
-    """``(vectors, labels, mirrored vectors or None, errors)`` of the files that decode;
-    the mirror images' vectors only when the classifier averages over flips."""
+    """``(vectors, labels, mirrored vectors or None, errors)`` of the files that decode,
+    computed by ``features`` (:func:`_feature_runner`); the mirror images' vectors only
+    when the classifier averages over flips."""
     def update(done: int) -> None:
         if progress.embed:
             progress.embed(done, len(files), what)
 
-    backbone = classifier.backbone.eval()
-    model = FlipViews(backbone) if classifier.flip_average else backbone
-    result = embed_files(model, files.paths, size=size, workers=workers, progress=update)
+    backbone = classifier.backbone
+    result = embed_files(features, files.paths, size=size, workers=workers, progress=update)
     label_of = dict(zip(files.paths, files.labels, strict=True))
     labels = torch.from_numpy(np.asarray([label_of[p] for p in result.paths], dtype=np.int64))
     vectors = torch.from_numpy(result.vectors)
@@ -362,9 +379,10 @@ class _Inputs:
 
 def _prepare_inputs(classifier: Classifier, optimizer: torch.optim.Optimizer, data: _Data,
                     config: TrainConfig, size: tuple[int, int], run: RunFolder, resume: bool,
-                    workers: int | None, progress: _Progress) -> _Inputs:
-    """Cached feature vectors (frozen without augmentation; reused when resuming) or
-    decoded images (fine-tune, augmentation)."""
+                    workers: int | None, progress: _Progress,
+                    backend: str | None = "auto") -> _Inputs:
+    """Cached feature vectors (frozen without augmentation, computed on ``backend``;
+    reused when resuming) or decoded images (fine-tune, augmentation)."""
     t0 = time.perf_counter()
     skipped: list[tuple[Path, str]] = []
     if config.fine_tune or config.augments:
@@ -385,9 +403,11 @@ def _prepare_inputs(classifier: Classifier, optimizer: torch.optim.Optimizer, da
         arrays = {k: torch.from_numpy(v) for k, v in stored[0].items()}
     else:
         arrays = {}
+        features = _feature_runner(classifier, size, backend)
         for split, files in (("train", data.train), ("val", data.val)):
             vectors, labels, mirrored, errors = _cache_features(classifier, files, size,
-                                                                workers, progress, split)
+                                                                workers, progress, split,
+                                                                features)
             if mirrored is not None and split == "train":  # both views are training samples
                 vectors, labels = torch.cat([vectors, mirrored]), torch.cat([labels, labels])
             elif mirrored is not None:  # validation sees what inference sees: the average
@@ -599,7 +619,7 @@ def fit_head(classifier: Classifier, train_vectors: torch.Tensor, train_labels: 
 def train(backbone: MobileNet | None, data_dir: str | Path, out: str | Path,
           config: TrainConfig | None = None, *, val_dir: str | Path | None = None,
           resume: bool = False, overwrite: bool = False, weights_source: str | None = None,
-          workers: int | None = None,
+          workers: int | None = None, backend: str | None = "auto",
           on_embed: Callable[[int, int, str], None] | None = None,
           on_epoch: Callable[[dict], bool | None] | None = None) -> TrainResult:
     """Train a classifier on ``data_dir`` (one folder per class) into the run folder ``out``.
@@ -609,9 +629,10 @@ def train(backbone: MobileNet | None, data_dir: str | Path, out: str | Path,
     ``out`` continues from its last checkpoint with the configuration and data recorded
     there (``config.epochs``, when given, may extend it); ``backbone`` is then ignored.
     Unreadable images are logged, skipped and listed in ``skipped`` and in ``run.json``.
-    ``on_embed(done, total, what)`` reports embedding progress, ``on_epoch(row)`` each
-    finished epoch (a true return value stops the run after that epoch's checkpoint, as
-    an interruption would).
+    ``backend`` computes the frozen features (default: the fastest exact engine; "torch":
+    the torch module). ``on_embed(done, total, what)`` reports embedding progress,
+    ``on_epoch(row)`` each finished epoch (a true return value stops the run after that
+    epoch's checkpoint, as an interruption would).
     """
     run = RunFolder(Path(out))
     progress = _Progress(on_embed, on_epoch)
@@ -635,7 +656,7 @@ def train(backbone: MobileNet | None, data_dir: str | Path, out: str | Path,
     spec = _run_spec(classifier, data, config, size, data_dir, val_dir, weights_source)
     state = _start(run, classifier, optimizer, spec, previous, overwrite, config.fine_tune)
     inputs = _prepare_inputs(classifier, optimizer, data, config, size, run, previous is not None,
-                             workers, progress)
+                             workers, progress, backend)
     if previous is None:
         spec["skipped_files"] = [[str(p), why] for p, why in inputs.skipped]
         run.write_spec(spec)
