@@ -1084,9 +1084,14 @@ def _read_store(output: str | Path) -> StoredVectors:
     for _, _, part in _parts(root, codec.suffix):
         try:
             rows = codec.read_rows(part)
-            block = codec.read_vectors(part)
         except _Damaged as e:
             raise _damaged_error(e) from None
+        try:
+            block = codec.read_vectors(part)
+        except _Damaged as e:  # keys whole, vectors not: embed's check would pass it
+            raise StoreError(f"{e.part} is damaged ({e.cause}); move it into "
+                             f"{root / QUARANTINE} (or delete it) and run `mobilevec embed` "
+                             "again with the same inputs: it embeds its images again") from None
         if len(block) != len(rows):
             raise StoreError(f"{part}: {len(block)} vectors but {len(rows)} index rows; "
                              "the part is damaged: run `mobilevec embed` again to move it "
