@@ -61,6 +61,18 @@ def embed(*argv) -> int:
     return main(["embed", *map(str, argv), "--quiet"])
 
 
+def external_paths(output) -> list[str]:
+    """The stored paths as pandas and pyarrow.dataset read the folder (they must agree)."""
+    import pandas as pd
+    import pyarrow.dataset as ds
+
+    by_pandas = pd.read_parquet(output, columns=["path"])["path"].tolist()
+    by_arrow = ds.dataset(output, format="parquet").to_table(columns=["path"]).column(
+        "path").to_pylist()
+    assert sorted(by_pandas) == sorted(by_arrow)
+    return by_pandas
+
+
 def rows(output) -> dict[str, np.ndarray]:
     stored = read_store(output)
     assert len(set(stored.paths)) == len(stored.paths)
@@ -280,9 +292,11 @@ def test_kill_minus_9_mid_run_then_rerun_stores_each_image_once(tmp_path, weight
     process.wait()
     partial = read_store(out)  # what was committed is readable as it is
     assert 0 < len(partial.paths) < 200
+    assert sorted(external_paths(out)) == sorted(partial.paths)  # by pandas and pyarrow too
     assert main(argv) == 0
     final = read_store(out)
     assert sorted(final.paths) == sorted(map(str, names))  # each exactly once
+    assert sorted(external_paths(out)) == sorted(final.paths)
     assert not list(out.glob(".*tmp*"))
     # and the resumed vectors are those of an uninterrupted run
     fresh = tmp_path / "fresh.parquet"

@@ -3,7 +3,10 @@
 Exit status of every command: :data:`EXIT_OK` everything went well; :data:`EXIT_FAILED_FILES`
 some input files failed (each is reported, the rest was done); :data:`EXIT_ERROR` a fatal
 error (bad weights, unusable output, model mismatch); :data:`EXIT_USAGE` a usage error;
-:data:`EXIT_INTERRUPTED` interrupted by Ctrl-C (what was committed is kept).
+:data:`EXIT_INTERRUPTED` interrupted by Ctrl-C (what was committed is kept);
+:data:`EXIT_TERMINATED` stopped by SIGTERM (what ``timeout``, systemd, Docker and Slurm send),
+as cleanly as by Ctrl-C (commands that install :func:`interrupt_on_signals`; 143 is also
+what a shell reports for a process that SIGTERM killed).
 
 Model options: a command adds ``--model``, ``--weights`` and ``--handle`` with
 :func:`add_model_options` and builds its model with :func:`model_from_args`, so that every
@@ -16,8 +19,12 @@ weights, for tests and training from scratch).
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +34,54 @@ if TYPE_CHECKING:
     from ..data.sources import Sources
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FAILED_FILES, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_TERMINATED = 143
 SHOWN_FAILURES = 20
+
+
+def printable(path: Any) -> str:
+    """A path as printable text: bytes of a name that is not UTF-8 shown as ``\\xNN``
+    (printing the raw name would fail on a UTF-8 terminal)."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
+class Interruption:
+    """Which signal stopped the command (None: none yet); see :func:`interrupt_on_signals`."""
+
+    signal: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_TERMINATED if self.signal == signal.SIGTERM else EXIT_INTERRUPTED
+
+    @property
+    def name(self) -> str:
+        return "SIGTERM" if self.signal == signal.SIGTERM else "Ctrl-C"
+
+
+@contextmanager
+def interrupt_on_signals() -> Iterator[Interruption]:
+    """While inside: SIGTERM, like Ctrl-C, raises KeyboardInterrupt in the main thread, so
+    the command stops the same clean way; the yielded record says which signal it was.
+    A signal this process was started ignoring (``nohup``) stays ignored."""
+    caught = Interruption()
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+
+    def handler(signum, frame):
+        caught.signal = signum
+        raise KeyboardInterrupt
+
+    previous = {}
+    for number, default in ((signal.SIGINT, signal.default_int_handler),
+                            (signal.SIGTERM, signal.SIG_DFL)):
+        if signal.getsignal(number) is default:
+            previous[number] = signal.signal(number, handler)
+    try:
+        yield caught
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, old)
 
 
 def progress_bar(total: int, desc: str, quiet: bool = False
@@ -53,7 +107,7 @@ def print_failures(errors: Sequence[tuple[Any, str]], errors_file: Path | None =
                    shown: int = SHOWN_FAILURES) -> None:
     """``FAILED path: reason`` lines on stderr (the first ``shown``), and where the rest is."""
     for path, reason in errors[:shown]:
-        print(f"  FAILED {path}: {reason}", file=sys.stderr)
+        print(f"  FAILED {printable(path)}: {reason}", file=sys.stderr)
     if len(errors) > shown:
         print(f"  ... and {len(errors) - shown} more", file=sys.stderr)
     if errors and errors_file is not None:

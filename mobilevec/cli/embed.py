@@ -12,19 +12,52 @@ from .._io import write_csv
 from .common import (
     EXIT_ERROR,
     EXIT_FAILED_FILES,
-    EXIT_INTERRUPTED,
     EXIT_OK,
+    Interruption,
     add_decode_options,
     add_input_options,
     add_model_options,
     expand_args,
+    interrupt_on_signals,
     print_failures,
+    printable,
     progress_bar,
 )
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of pixels, 1 or more")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r}: give seconds, 0 or more (0: no limit)")
+    return value
+
+
 # --- embed -------------------------------------------------------------------------------
 def cmd_embed(args: argparse.Namespace) -> int:
+    with interrupt_on_signals() as caught:
+        try:
+            return _embed(args, caught)
+        except KeyboardInterrupt:  # before the run began, or while it was shutting down
+            print(f"interrupted ({caught.name}): what was committed is kept in "
+                  f"{printable(args.output)}; re-run the same command to go on",
+                  file=sys.stderr)
+            return caught.exit_code
+
+
+def _embed(args: argparse.Namespace, caught: Interruption) -> int:
     from ..data.images import MAX_PIXELS
     from ..embedding.batching import Preprocessing
     from ..embedding.embedder import measure_precision
@@ -45,7 +78,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         print("warning: no --weights: random initialisation (vectors mean nothing, and a "
               "re-run cannot resume them)", file=sys.stderr)
     prep = Preprocessing(size=(size, size), crop=args.crop, draft=not args.exact_decode,
-                         max_pixels=args.max_pixels or MAX_PIXELS)
+                         max_pixels=MAX_PIXELS if args.max_pixels is None else args.max_pixels)
     quality = measure_precision(emb, sources.paths, prep)
     meta = store_meta(emb, prep, normalize=args.normalize, half=args.half, weights=weights,
                       source=args.handle, precision=emb.precision, quality=quality)
@@ -56,13 +89,21 @@ def cmd_embed(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    print_failures(summary.errors, summary.errors_file)
+    for warning in summary.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print_failures(summary.errors, None if summary.read_only else summary.errors_file)
+    if summary.read_only:
+        print(f"note: {printable(args.output)} is read-only: nothing left to embed"
+              + ("; the failures above are not recorded" if summary.errors else ""),
+              file=sys.stderr)
+    pruned = f", {summary.pruned} pruned" if summary.pruned else ""
     print(f"{'interrupted' if summary.interrupted else 'done'}: {summary.ok} embedded, "
-          f"{summary.failed} failed, {summary.skipped} skipped (already in {args.output}) in "
-          f"{summary.seconds:.1f} s ({summary.images_per_second:.1f} img/s) on "
-          f"{emb.backend}, {_precision_words(emb.precision, quality)}")
+          f"{summary.failed} failed, {summary.skipped} skipped (already in "
+          f"{printable(args.output)}){pruned} in {summary.seconds:.1f} s "
+          f"({summary.images_per_second:.1f} img/s) on {emb.backend}, "
+          f"{_precision_words(emb.precision, quality)}")
     if summary.interrupted:
-        return EXIT_INTERRUPTED
+        return caught.exit_code
     return EXIT_FAILED_FILES if summary.failed else EXIT_OK
 
 
@@ -89,8 +130,9 @@ def _embed_function(args: argparse.Namespace, run_embed):
             raise MobilevecError("--runner ray runs the torch backend only; drop --backend "
                                  "and --precision")
         return partial(run_ray_embed, address=args.address, num_workers=args.num_workers,
-                       quiet=args.quiet)
-    return partial(run_embed, workers=args.workers, threads=args.threads)
+                       quiet=args.quiet, prune=args.prune)
+    return partial(run_embed, workers=args.workers, threads=args.threads, prune=args.prune,
+                   file_timeout=args.file_timeout or None)
 
 
 # --- search ------------------------------------------------------------------------------
@@ -166,7 +208,8 @@ def add_commands(subparsers) -> None:
         description="Embed images (files, folders, globs, @list.txt) into vectors. Re-running "
                     "the same command skips images already stored (same path, size, mtime). "
                     "Exit 0: all ok; 3: some files failed (listed, and in the errors file); "
-                    "1: fatal error; 130: interrupted (work so far kept).")
+                    "1: fatal error; 130: interrupted by Ctrl-C, 143: stopped by SIGTERM "
+                    "(work so far kept in both cases).")
     add_input_options(p)
     p.add_argument("-o", "--output", required=True,
                    help="vectors.parquet (a folder of Parquet parts) or vectors.npy "
@@ -182,8 +225,15 @@ def add_commands(subparsers) -> None:
                         "cosine 0.998 to the full decode; see docs/benchmarks.md)")
     p.add_argument("--normalize", action="store_true", help="store L2-normalised vectors")
     p.add_argument("--half", action="store_true", help="store float16 vectors")
-    p.add_argument("--max-pixels", type=int, default=None,
-                   help="refuse larger images before decoding (default: about 179 MP)")
+    p.add_argument("--max-pixels", type=_positive_int, default=None, metavar="N",
+                   help="refuse images of more than N pixels before decoding (default "
+                        "178956970, about 179 MP; one limit, also above Pillow's own)")
+    p.add_argument("--file-timeout", type=_seconds, default=120.0, metavar="SECONDS",
+                   help="give up on a file whose read and decode take longer, e.g. on a hung "
+                        "network mount (default 120; 0: no limit; decode processes only)")
+    p.add_argument("--prune", action="store_true",
+                   help="at the end, drop the rows of files that no longer exist (deleted or "
+                        "moved) and older rows of files that changed")
     add_decode_options(p)
     p.add_argument("--runner", choices=("local", "ray"), default="local",
                    help="local: this machine (default); ray: Ray Data actors, one model each "

@@ -4,9 +4,11 @@ The rule, in order (what ``tf.io.decode_image(channels=3)`` followed by
 ``tf.image.convert_image_dtype(float32)`` and ``tf.image.resize(size)`` does, except where
 noted):
 
-1. **Open** with Pillow and read the header only. Images of more than ``max_pixels``
-   pixels (default :data:`MAX_PIXELS`) are refused *before* any pixel is decoded
-   (decompression bombs), as are images Pillow itself refuses as bombs. GIFs and other
+1. **Open** with Pillow and read the header only. Only regular files are read (a FIFO,
+   socket or device is refused without blocking on it). Images of more than
+   ``max_pixels`` pixels (default :data:`MAX_PIXELS`) are refused *before* any pixel is
+   decoded (decompression bombs); that one limit decides, above or below Pillow's own
+   (``Image.MAX_IMAGE_PIXELS``), which is raised for the call when needed. GIFs and other
    animations give their first frame.
 2. **JPEG draft** (optional, ``draft_to``): a JPEG at least twice as large as needed on both
    axes is decoded at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling, never below
@@ -36,14 +38,29 @@ noted):
    needed columns of those, so the working memory is 2 x output height x input width.
 
 The result is float32, channels first, in [0, 1]: the input contract of the models.
+
+Memory (:func:`load_array`): the one full-size copy is Pillow's decoded image (1 byte per
+pixel for L/P, 2 for LA and 16-bit gray, 4 for RGB, RGBA, CMYK and 32-bit modes: Pillow
+keeps RGB as RGBX). For images above :data:`GATHER_PIXELS`, steps 3-5 run on the rows and
+columns the resize reads (taken from Pillow's image by the EXIF orientation, converted
+strip by strip), so no RGB, rotated or numpy copy of the whole image is made; the vectors
+are bit-identical to the full path. Decodes whose Pillow image exceeds
+:data:`LARGE_DECODE_BYTES` pass a gate (:func:`use_decode_gate`) that the embedding
+pipeline shares between its decode workers, so that together they stay within a budget.
+The measured peaks are in docs/benchmarks.md ("Decode memory").
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import stat
+import threading
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import IO, TYPE_CHECKING, Literal
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -55,9 +72,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Pillow's own hard limit (2 x Image.MAX_IMAGE_PIXELS): about 180 MP, far above real photos
-# (a 100 MP camera frame fits), and a decoded RGB copy stays near 0.5 GB.
+# Pillow's default hard limit (2 x Image.MAX_IMAGE_PIXELS): about 179 MP, far above real
+# photos (a 100 MP camera frame fits); Pillow holds such an RGB image in 0.7 GB.
 MAX_PIXELS = 178_956_970
+# Above this many pixels, the resize reads its rows and columns straight from Pillow's image
+# (no full-size RGB or numpy copy); below, one full conversion is faster.
+GATHER_PIXELS = 4_000_000
+# Pillow images larger than this (bytes) are decoded through the decode gate.
+LARGE_DECODE_BYTES = 64 << 20
 # JPEGs are DCT-scaled only while they stay >= DRAFT_MARGIN x the target size per axis, so the
 # final resize is still a >= 2x bilinear reduction of a sharp image.
 DRAFT_MARGIN = 2
@@ -69,6 +91,92 @@ Size = int | tuple[int, int]
 _ORIENTATION = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
 _TO_UNIT = np.float32(1.0 / 255.0)  # tf.image.convert_image_dtype's scale, as a float32
+# bytes per pixel of Pillow's decoded image, by mode (Pillow pads RGB to 4 bytes)
+_PILLOW_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "I;16": 2, "I;16B": 2,
+                 "I;16L": 2, "I;16N": 2}
+_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISDIR, "a folder"))
+
+
+def not_a_regular_file(mode: int) -> str | None:
+    """What a file of ``st_mode`` is when it is not a regular file (None when it is)."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((what for test, what in _FILE_KINDS if test(mode)), "not a regular file")
+
+
+@contextlib.contextmanager
+def _open_regular(path: str | Path) -> Iterator[IO[bytes]]:
+    """``path`` opened for reading, refused unless it is a regular file.
+
+    The open does not block (``O_NONBLOCK``): opening a FIFO for reading would otherwise
+    wait for a writer forever; what the descriptor is, is then checked with ``fstat``.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        what = not_a_regular_file(os.fstat(fd).st_mode)
+        if what:
+            raise ImageError(path, f"not a regular file ({what}); only image files are read")
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        yield f
+
+
+_pillow_lock = threading.Lock()
+_pillow_raises = 0  # calls in flight that need Pillow's limit out of the way
+_pillow_saved: int | None = None
+
+
+@contextlib.contextmanager
+def _pillow_allows(max_pixels: int) -> Iterator[None]:
+    """Let Pillow open images up to ``max_pixels`` (its own bomb check would refuse those
+    above 2 x ``Image.MAX_IMAGE_PIXELS`` first); ours then decides. Reference counted, so
+    concurrent decodes in threads restore Pillow's setting only when the last one ends."""
+    global _pillow_raises, _pillow_saved
+    limit = Image.MAX_IMAGE_PIXELS
+    if _pillow_raises == 0 and (limit is None or max_pixels <= 2 * limit):
+        yield
+        return
+    with _pillow_lock:
+        if _pillow_raises == 0:
+            _pillow_saved = Image.MAX_IMAGE_PIXELS
+        _pillow_raises += 1
+        Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        with _pillow_lock:
+            _pillow_raises -= 1
+            if _pillow_raises == 0:
+                Image.MAX_IMAGE_PIXELS = _pillow_saved
+
+
+def decoded_bytes(image: Image.Image) -> int:
+    """Bytes of Pillow's decoded copy of ``image`` (its size and mode as opened or drafted)."""
+    return image.width * image.height * _PILLOW_BYTES.get(image.mode, 4)
+
+
+_decode_gate: Callable[[int], contextlib.AbstractContextManager] | None = None
+
+
+def use_decode_gate(gate: Callable[[int], contextlib.AbstractContextManager] | None) -> None:
+    """Make every decode in this process of more than :data:`LARGE_DECODE_BYTES` run inside
+    ``gate(nbytes)`` (None: no gate). The embedding pipeline installs a budget shared by
+    its decode workers (:mod:`mobilevec.embedding.batching`)."""
+    global _decode_gate
+    _decode_gate = gate
+
+
+def _gated(nbytes: int) -> contextlib.AbstractContextManager:
+    gate = _decode_gate
+    if gate is None or nbytes <= LARGE_DECODE_BYTES:
+        return contextlib.nullcontext()
+    return gate(nbytes)
 
 
 def _hw(size: Size) -> tuple[int, int]:
@@ -109,27 +217,21 @@ def _draft(image: Image.Image, draft_to: tuple[int, int], orientation: int | Non
     image.draft(image.mode, (width, height))
 
 
-def load_rgb(path: str | Path, *, draft_to: tuple[int, int] | None = None,
-             max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode one image to an ``(H, W, 3)`` uint8 RGB array (steps 1-4 of the module rule).
-
-    ``draft_to`` = (height, width): allow JPEG DCT scaling down to no less than that
-    (None: full decode, as TF). Raises :class:`ImageError` naming the file and the cause
-    for anything that is not a decodable image within ``max_pixels``.
-    """
+@contextlib.contextmanager
+def _opened(path: str | Path, max_pixels: int) -> Iterator[tuple[Image.Image, int | None]]:
+    """``(image, EXIF orientation)``: the first frame's header read, nothing decoded;
+    failures as :class:`ImageError` (step 1)."""
     try:
         with warnings.catch_warnings():
             # our own limit decides; Pillow's warning below its hard limit is noise here
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                _refuse_large(path, image, max_pixels)
-                image.seek(0)
-                orientation = image.getexif().get(_ORIENTATION)
-                if draft_to is not None and image.format == "JPEG":
-                    _draft(image, draft_to, orientation)
-                if orientation not in (None, 1):  # else exif_transpose would only copy
-                    image = ImageOps.exif_transpose(image)
-                return _to_rgb(image)
+            with _open_regular(path) as f:
+                with _pillow_allows(max_pixels):
+                    image = Image.open(f)
+                with image:
+                    _refuse_large(path, image, max_pixels)
+                    image.seek(0)
+                    yield image, image.getexif().get(_ORIENTATION)
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
@@ -139,7 +241,26 @@ def load_rgb(path: str | Path, *, draft_to: tuple[int, int] | None = None,
                                "image file)") from None
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError,
             MemoryError) as e:
-        raise ImageError(path, f"cannot decode image ({type(e).__name__}: {e})") from e
+        reason = (f"cannot read file ({e.strerror})" if isinstance(e, OSError) and e.strerror
+                  else f"cannot decode image ({type(e).__name__}: {e})")
+        raise ImageError(path, reason) from e
+
+
+def load_rgb(path: str | Path, *, draft_to: tuple[int, int] | None = None,
+             max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode one image to an ``(H, W, 3)`` uint8 RGB array (steps 1-4 of the module rule).
+
+    ``draft_to`` = (height, width): allow JPEG DCT scaling down to no less than that
+    (None: full decode, as TF). Raises :class:`ImageError` naming the file and the cause
+    for anything that is not a decodable image within ``max_pixels``.
+    """
+    with _opened(path, max_pixels) as (image, orientation):
+        if draft_to is not None and image.format == "JPEG":
+            _draft(image, draft_to, orientation)
+        with _gated(decoded_bytes(image)):
+            if orientation not in (None, 1):  # else exif_transpose would only copy
+                image = ImageOps.exif_transpose(image)
+            return _to_rgb(image)
 
 
 def _source_axis(in_size: int, out_size: int, start: int, count: int):
@@ -166,19 +287,19 @@ def _window(in_hw: tuple[int, int], size: Size, crop: Crop):
     return inner, ((inner[0] - height) // 2, (inner[1] - width) // 2)
 
 
-def resize_array(image: np.ndarray, size: Size = 224, crop: Crop = "none") -> np.ndarray:
-    """Steps 5-6: ``(H, W, C)`` uint8 (scaled by 1/255) or float array → ``(C, h, w)`` float32.
-
-    ``size`` is the output (height, width), an int meaning square. uint8 input lands in
-    [0, 1]; float input keeps its range (the resize is a convex combination).
-    """
+def _plan(in_hw: tuple[int, int], size: Size, crop: Crop):
+    """Source rows ``(y0, y1, fy)`` and columns ``(x0, x1, fx)`` of the output (step 6)."""
     height, width = _hw(size)
-    (inner_h, inner_w), (top, left) = _window(image.shape[:2], size, crop)
-    y0, y1, fy = _source_axis(image.shape[0], inner_h, top, height)
-    x0, x1, fx = _source_axis(image.shape[1], inner_w, left, width)
-    # only the needed source rows (upper-neighbour rows after lower-neighbour rows), channels
-    # first: two rows per output row whatever the input height, and no final transpose
-    rows = np.ascontiguousarray(image[np.concatenate([y0, y1])].transpose(2, 0, 1))
+    (inner_h, inner_w), (top, left) = _window(in_hw, size, crop)
+    return (*_source_axis(in_hw[0], inner_h, top, height),
+            *_source_axis(in_hw[1], inner_w, left, width))
+
+
+def _lerp(rows: np.ndarray, x0: np.ndarray, x1: np.ndarray, fx: np.ndarray,
+          fy: np.ndarray) -> np.ndarray:
+    """Step 6 on ``rows`` ``(C, 2h, W)``: the lower-neighbour source rows of the ``h`` output
+    rows, then their upper-neighbour rows; ``x0``/``x1`` index its columns."""
+    height = len(fy)
 
     def column(xs: np.ndarray) -> np.ndarray:
         picked = np.take(rows, xs, axis=2).astype(np.float32)
@@ -197,6 +318,59 @@ def resize_array(image: np.ndarray, size: Size = 224, crop: Crop = "none") -> np
     bottom_row *= fy[:, None]
     top_row += bottom_row
     return np.ascontiguousarray(top_row)
+
+
+def resize_array(image: np.ndarray, size: Size = 224, crop: Crop = "none") -> np.ndarray:
+    """Steps 5-6: ``(H, W, C)`` uint8 (scaled by 1/255) or float array → ``(C, h, w)`` float32.
+
+    ``size`` is the output (height, width), an int meaning square. uint8 input lands in
+    [0, 1]; float input keeps its range (the resize is a convex combination).
+    """
+    y0, y1, fy, x0, x1, fx = _plan(image.shape[:2], size, crop)
+    # only the needed source rows (upper-neighbour rows after lower-neighbour rows), channels
+    # first: two rows per output row whatever the input height, and no final transpose
+    rows = np.ascontiguousarray(image[np.concatenate([y0, y1])].transpose(2, 0, 1))
+    return _lerp(rows, x0, x1, fx, fy)
+
+
+def _stored_index(orientation: int | None, hw: tuple[int, int]):
+    """How the EXIF-oriented image O maps to the stored image S (``hw`` its height, width):
+    ``(rows_are_columns, line(r), point(c))``: oriented row ``r`` is stored row (or column,
+    for the rotations) ``line(r)``, and its pixel ``c`` is at ``point(c)`` along that line.
+    The same transposes as ``ImageOps.exif_transpose``."""
+    h, w = hw
+    keep = lambda i: i  # noqa: E731
+    return {
+        2: (False, keep, lambda c: w - 1 - c),
+        3: (False, lambda r: h - 1 - r, lambda c: w - 1 - c),
+        4: (False, lambda r: h - 1 - r, keep),
+        5: (True, keep, keep),
+        6: (True, keep, lambda c: h - 1 - c),
+        7: (True, lambda r: w - 1 - r, lambda c: h - 1 - c),
+        8: (True, lambda r: w - 1 - r, keep),
+    }.get(orientation, (False, keep, keep))
+
+
+def _gather_resized(image: Image.Image, orientation: int | None, size: Size,
+                    crop: Crop) -> np.ndarray:
+    """Steps 3-6 reading only the pixels the resize uses from Pillow's (stored) image: the
+    same result as ``resize_array(_to_rgb(exif_transpose(image)))`` without a full copy."""
+    stored_hw = (image.height, image.width)
+    columns, line, point = _stored_index(orientation, stored_hw)
+    oriented_hw = stored_hw[::-1] if columns else stored_hw
+    y0, y1, fy, x0, x1, fx = _plan(oriented_hw, size, crop)
+    rows = np.concatenate([y0, y1])
+    needed_columns = np.unique(np.concatenate([x0, x1]))
+    picked = point(needed_columns)
+    lines: dict[int, np.ndarray] = {}
+    for r in np.unique(rows).tolist():
+        s = int(line(r))
+        box = (s, 0, s + 1, image.height) if columns else (0, s, image.width, s + 1)
+        strip = _to_rgb(image.crop(box)).reshape(-1, 3)  # one stored row or column, RGB
+        lines[r] = strip[picked]
+    gathered = np.stack([lines[r] for r in rows.tolist()])  # (2h, len(needed_columns), 3)
+    remap = np.searchsorted(needed_columns, x0), np.searchsorted(needed_columns, x1)
+    return _lerp(np.ascontiguousarray(gathered.transpose(2, 0, 1)), *remap, fx, fy)
 
 
 def resize(images: torch.Tensor, size: Size, crop: Crop = "none") -> torch.Tensor:
@@ -229,8 +403,17 @@ def load_array(path: str | Path, size: Size = 224, crop: Crop = "none", *, draft
     Torch-free (used by decode worker processes). ``draft=True`` allows JPEG DCT scaling
     (step 2) down to :data:`DRAFT_MARGIN` x ``size``.
     """
-    rgb = load_rgb(path, draft_to=draft_size(size, draft), max_pixels=max_pixels)
-    return resize_array(rgb, size, crop)
+    draft_to = draft_size(size, draft)
+    with _opened(path, max_pixels) as (image, orientation):
+        if draft_to is not None and image.format == "JPEG":
+            _draft(image, draft_to, orientation)
+        with _gated(decoded_bytes(image)):
+            if image.width * image.height > GATHER_PIXELS:
+                image.load()
+                return _gather_resized(image, orientation, size, crop)
+            if orientation not in (None, 1):
+                image = ImageOps.exif_transpose(image)
+            return resize_array(_to_rgb(image), size, crop)
 
 
 def load_image(path: str | Path, size: Size = 224, crop: Crop = "none", *, draft: bool = False,

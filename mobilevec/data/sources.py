@@ -13,7 +13,9 @@ Rules:
 - every path is made absolute (not resolved: a symlinked file keeps its own name), and a
   path met twice is kept once.
 
-Inputs that match nothing are reported as ``(input, reason)`` pairs, never fatal.
+Inputs that match nothing, and folders that cannot be listed (unreadable, a path too long
+for the system), are reported as ``(input, reason)`` pairs, never fatal and never skipped
+silently.
 """
 
 from __future__ import annotations
@@ -42,13 +44,19 @@ class Sources:
     missing: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _walk(folder: Path) -> Iterator[Path]:
+def _walk(folder: Path, found: Sources) -> Iterator[Path]:
     seen: set[tuple[int, int]] = set()
-    for root, dirs, files in os.walk(folder, followlinks=True):
+
+    def unreadable(error: OSError) -> None:
+        where = os.path.abspath(error.filename or folder)
+        log.warning("cannot list %s: %s", where, error.strerror or error)
+        found.missing.append((where, f"cannot list this folder ({error.strerror or error})"))
+
+    for root, dirs, files in os.walk(folder, onerror=unreadable, followlinks=True):
         try:
             st = os.stat(root)
         except OSError as e:
-            log.warning("cannot enter %s: %s", root, e)
+            unreadable(e)
             dirs[:] = []
             continue
         if (st.st_dev, st.st_ino) in seen:  # a symlink back into the tree: walked already
@@ -77,7 +85,7 @@ def _list_file(name: str) -> Iterator[str]:
 def _expand_one(item: str, found: Sources) -> Iterator[Path]:
     path = Path(item)
     if path.is_dir():
-        yield from _walk(path)
+        yield from _walk(path, found)
     elif path.exists() or path.is_symlink():
         yield path  # a named file is taken as is; a broken/looping link fails at decode
     elif _GLOB_CHARS & set(item):
@@ -87,7 +95,7 @@ def _expand_one(item: str, found: Sources) -> Iterator[Path]:
         for match in matches:
             m = Path(match)
             if m.is_dir():
-                yield from _walk(m)
+                yield from _walk(m, found)
             elif m.suffix.lower() in IMAGE_SUFFIXES:
                 yield m
     else:

@@ -5,6 +5,19 @@ ahead of the model, so decode and inference overlap and memory stays flat howeve
 files there are. A file that cannot be decoded is reported as ``(path, reason)`` and never
 stops the run; a decoder process that dies (a crashing codec, the kernel's OOM killer) is
 replaced and the files it held are retried one by one, so only the culprit is reported.
+
+Bounds, with decode processes (the default):
+
+- **time**: a file whose read and decode take longer than ``file_timeout`` seconds (default
+  :data:`DEFAULT_FILE_TIMEOUT`: a hung network mount, a file that never ends) is reported
+  as such; the workers are killed and replaced, and the files they held are decoded again.
+  Threads cannot be stopped, so ``threads=True`` and inline decoding (``workers=0``) have
+  no time bound; only regular files are ever opened (FIFOs, sockets and devices are
+  refused at once, see :mod:`mobilevec.data.images`).
+- **memory**: decodes whose Pillow image is larger than
+  :data:`mobilevec.data.images.LARGE_DECODE_BYTES` share a budget of
+  :data:`DECODE_MEMORY_BUDGET` bytes between the workers of a pool: one that does not fit
+  waits for the others, one larger than the whole budget runs alone.
 """
 
 from __future__ import annotations
@@ -16,18 +29,19 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..data.images import MAX_PIXELS, Crop, ImageError, load_array
+from ..data.images import MAX_PIXELS, Crop, ImageError, load_array, use_decode_gate
 from .search import l2_normalize
 
 if TYPE_CHECKING:
@@ -44,6 +58,12 @@ DEFAULT_BATCH_SIZE = 64
 DECODE_NICENESS = 10
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _DIED = "the decoder process died on this file (codec crash or out of memory)"
+# A file's read and decode may take this long (s) before it is reported as hung: far above
+# the decode of Pillow's largest image on a slow core, far below a job's patience.
+DEFAULT_FILE_TIMEOUT = 120.0
+# Bytes of large decoded images (see the module doc) in flight at once in one pool: three
+# images at the default pixel limit.
+DECODE_MEMORY_BUDGET = 2 << 30
 _FORK = "fork" in multiprocessing.get_all_start_methods()
 _CHUNK = 4  # files per task sent to a worker: amortises IPC, limits what a crash takes along
 
@@ -155,29 +175,77 @@ def _decode_chunk_shared(key: int, slots: list[int], paths: list[Path],
     return results
 
 
-def _init_worker() -> None:
-    # Ctrl-C is handled once, by the parent, which shuts the pool down.
+class DecodeBudget:
+    """Bytes of decoded images in flight, shared by the processes forked after it is made:
+    ``with budget(nbytes):`` waits until ``nbytes`` fit (or nothing else is in flight)."""
+
+    def __init__(self, total: int, context=None):
+        self.total = total
+        if context is None:  # one process (threads)
+            self._cond, self._used = threading.Condition(), [0]
+        else:
+            self._cond = context.Condition()
+            self._used = context.Array("q", 1, lock=False)
+
+    @contextmanager
+    def __call__(self, nbytes: int) -> Iterator[None]:
+        with self._cond:
+            while self._used[0] > 0 and self._used[0] + nbytes > self.total:
+                self._cond.wait()
+            self._used[0] += nbytes
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._used[0] -= nbytes
+                self._cond.notify_all()
+
+
+def _init_worker(budget: DecodeBudget) -> None:
+    # Ctrl-C and SIGTERM are handled once, by the parent, which shuts the pool down (a
+    # scheduler's SIGTERM to the whole process group must not look like decoder crashes).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with suppress(OSError, AttributeError):
         os.nice(DECODE_NICENESS)
     # If the parent is killed (SIGKILL), take the workers along instead of orphaning them.
     if sys.platform.startswith("linux"):
         with suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    use_decode_gate(budget)
+
+
+_THREAD_BUDGET = DecodeBudget(DECODE_MEMORY_BUDGET)
+
+
+def _init_thread() -> None:
+    use_decode_gate(_THREAD_BUDGET)  # one budget for every decode thread of this process
 
 
 def _new_pool(workers: int, threads: bool) -> Executor:
     if threads:
-        return ThreadPoolExecutor(workers, thread_name_prefix="mobilevec-decode")
+        return ThreadPoolExecutor(workers, thread_name_prefix="mobilevec-decode",
+                                  initializer=_init_thread)
     # fork: workers start instantly and need no re-import; they only run numpy and Pillow
     # (no torch, whose thread pools are not fork-safe).
     context = multiprocessing.get_context("fork" if _FORK else None)
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                               initargs=(DecodeBudget(DECODE_MEMORY_BUDGET, context),))
+
+
+def _stop(pool: Executor) -> None:
+    """Shut ``pool`` down without waiting, killing its worker processes (a worker stuck in a
+    read would otherwise keep the pool, and this process's exit, waiting)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # gone after shutdown
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        with suppress(Exception):
+            process.kill()
 
 
 def _restart(pool: Executor, workers: int) -> Executor:
-    pool.shutdown(wait=False, cancel_futures=True)
-    return _new_pool(workers, threads=False)  # only process pools break
+    _stop(pool)
+    return _new_pool(workers, threads=False)  # only process pools break or time out
 
 
 def _chunks(paths: Iterable[Path], size: int) -> Iterator[list[Path]]:
@@ -192,7 +260,8 @@ def _chunks(paths: Iterable[Path], size: int) -> Iterator[list[Path]]:
 
 
 def decode_files(paths: Iterable[str | Path], prep: Preprocessing, *, workers: int | None = None,
-                 threads: bool = False, prefetch: int = 4 * DEFAULT_BATCH_SIZE
+                 threads: bool = False, prefetch: int = 4 * DEFAULT_BATCH_SIZE,
+                 file_timeout: float | None = DEFAULT_FILE_TIMEOUT
                  ) -> Iterator[tuple[Path, np.ndarray | None, str]]:
     """Decode ``paths`` in order: ``(path, (3, h, w) float32 array, "")`` or
     ``(path, None, reason)``.
@@ -200,13 +269,16 @@ def decode_files(paths: Iterable[str | Path], prep: Preprocessing, *, workers: i
     ``workers`` processes (None: one per core, 0: decode inline) run at most ``prefetch``
     files ahead of the consumer. ``threads=True`` uses threads instead (Pillow and numpy
     release the GIL): no inter-process copies, but a crashing codec takes the caller down.
+    ``file_timeout``: seconds one file's read and decode may take in a worker process
+    (None: no limit); a file that takes longer is reported, not waited for.
     """
-    for path, array, reason in _decode_stream(paths, prep, workers, threads, prefetch):
+    for path, array, reason in _decode_stream(paths, prep, workers, threads, prefetch,
+                                              file_timeout):
         yield path, (None if array is None else np.array(array)), reason
 
 
 def _decode_stream(paths: Iterable[str | Path], prep: Preprocessing, workers: int | None,
-                   threads: bool, prefetch: int
+                   threads: bool, prefetch: int, file_timeout: float | None = None
                    ) -> Iterator[tuple[Path, np.ndarray | None, str]]:
     """:func:`decode_files`, but an array may be a view into shared memory that is valid
     only until the next item is asked for (the consumer copies it into its batch)."""
@@ -216,7 +288,7 @@ def _decode_stream(paths: Iterable[str | Path], prep: Preprocessing, workers: in
             (array, reason), = _decode_chunk([Path(path)], prep)
             yield Path(path), array, reason
         return
-    decoder = _PoolDecoder(prep, workers, threads, prefetch)
+    decoder = _PoolDecoder(prep, workers, threads, prefetch, file_timeout)
     try:
         yield from decoder.decode(paths)
     finally:
@@ -226,13 +298,18 @@ def _decode_stream(paths: Iterable[str | Path], prep: Preprocessing, workers: in
 class _PoolDecoder:
     """Decodes chunks of files on a worker pool, a bounded window ahead, in input order.
 
-    When a worker process dies, the pool is replaced and every file that was in flight
-    becomes a *suspect*, decoded again alone, so that only the file that kills a worker is
-    reported (as :data:`_DIED`).
+    When a worker process dies, or the chunk at the head of the window takes longer than
+    the time allowed for its files, the pool is replaced and every file that was in flight
+    becomes a *suspect*, decoded again alone, so that only the file that kills a worker
+    (:data:`_DIED`) or hangs is reported. The head chunk's clock starts when the consumer
+    begins waiting for it: every earlier chunk is done by then, so it has been running at
+    least that long.
     """
 
-    def __init__(self, prep: Preprocessing, workers: int, threads: bool, prefetch: int):
+    def __init__(self, prep: Preprocessing, workers: int, threads: bool, prefetch: int,
+                 file_timeout: float | None = None):
         self.prep, self.workers, self.threads = prep, workers, threads
+        self.timeout = None if threads else file_timeout  # threads cannot be stopped
         self.window = max(workers + 1, prefetch // _CHUNK)
         self.shared = (_SharedSlots(self.window * _CHUNK, (3, *prep.size))
                        if not threads and _FORK else None)
@@ -253,8 +330,11 @@ class _PoolDecoder:
                 return
             chunk, future = self.pending.popleft()
             try:
-                decoded = self._results(future)
-            except BrokenProcessPool:  # one of the files in flight killed it: find which
+                decoded = self._results(future, len(chunk))
+            except (BrokenProcessPool, TimeoutError) as e:  # find which file it was
+                if isinstance(e, TimeoutError):
+                    log.warning("decoding %s took over %.0f s per file; restarting the "
+                                "decoders", ", ".join(map(str, chunk)), self.timeout)
                 self._restart()
                 self.suspects.extend(chunk + [p for c, _ in self.pending for p in c])
                 self.pending.clear()
@@ -264,11 +344,17 @@ class _PoolDecoder:
 
     def _decode_suspect(self, path: Path) -> tuple[Path, np.ndarray | None, str]:
         try:
-            (array, reason), = self._results(self._submit([path]))
+            (array, reason), = self._results(self._submit([path]), 1)
         except BrokenProcessPool:
             self._restart()
             log.warning("decoder process died on %s", path)
             array, reason = None, _DIED
+        except TimeoutError:
+            self._restart()
+            log.warning("gave up on %s after %.0f s", path, self.timeout)
+            array, reason = None, (f"reading and decoding took longer than {self.timeout:g} s "
+                                   "(a hung or very slow file system, or a file that never "
+                                   "ends?)")
         return path, array, reason
 
     def _submit(self, chunk: list[Path]) -> Future:
@@ -280,18 +366,20 @@ class _PoolDecoder:
         future.slots = slots
         return future
 
-    def _results(self, future: Future) -> list[tuple[np.ndarray | None, str]]:
+    def _results(self, future: Future, files: int) -> list[tuple[np.ndarray | None, str]]:
+        timeout = None if self.timeout is None else self.timeout * files
         if self.shared is None:
-            return future.result()
+            return future.result(timeout)
         # views: a slot is reused only once the ring comes round, after this chunk is consumed
         return [(self.shared.view(slot) if ok else None, reason)
-                for slot, (ok, reason) in zip(future.slots, future.result(), strict=True)]
+                for slot, (ok, reason) in zip(future.slots, future.result(timeout),
+                                              strict=True)]
 
     def _restart(self) -> None:
         self.pool = _restart(self.pool, self.workers)
 
     def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        _stop(self.pool)
         if self.shared is not None:
             self.shared.close()
 
@@ -353,7 +441,8 @@ def _batch_runner(model: torch.nn.Module | Engine, batch_size: int, size: tuple[
 def embed_batches(model: torch.nn.Module | Engine, paths: Iterable[str | Path], *,
                   prep: Preprocessing | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                   workers: int | None = None, threads: bool = False,
-                  normalize: bool = False, prefetch: int | None = None) -> Iterator[Batch]:
+                  normalize: bool = False, prefetch: int | None = None,
+                  file_timeout: float | None = DEFAULT_FILE_TIMEOUT) -> Iterator[Batch]:
     """Embed ``paths`` batch by batch (files in input order, failed ones left out).
 
     ``model`` is a torch module or an engine (:mod:`mobilevec.engines`) of the same call
@@ -363,7 +452,8 @@ def embed_batches(model: torch.nn.Module | Engine, paths: Iterable[str | Path], 
     :class:`Batch` holds up to ``batch_size`` vectors, float32 ``(B, num_features)``, L2
     normalised when ``normalize``, and the files that failed since the previous batch. A
     last batch may hold errors only. Batches are moved to the model's device. Decoding
-    runs up to ``prefetch`` files (default four batches) ahead of the model.
+    runs up to ``prefetch`` files (default four batches) ahead of the model;
+    ``file_timeout`` bounds one file's read and decode (see :func:`decode_files`).
     """
     prep = prep or Preprocessing(size=_input_size(model, None))
     staging, run = _batch_runner(model, batch_size, prep.size)
@@ -375,7 +465,7 @@ def embed_batches(model: torch.nn.Module | Engine, paths: Iterable[str | Path], 
         return Batch(list(done), l2_normalize(vectors) if normalize else vectors, list(errors))
 
     for path, array, reason in _decode_stream(paths, prep, workers, threads,
-                                              prefetch or 4 * batch_size):
+                                              prefetch or 4 * batch_size, file_timeout):
         if array is None:
             log.warning("skipping %s: %s", path, reason)
             errors.append((path, reason))

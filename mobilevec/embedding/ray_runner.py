@@ -90,7 +90,7 @@ class _Embedder:
     """Ray Data actor: the model loaded once, then batch after batch of paths → part rows."""
 
     def __init__(self, model_ref: list, meta: dict, prep: Preprocessing, batch_size: int,
-                 cpus: int, tally: Any) -> None:
+                 cpus: int, tally: Any, base: str | None = None) -> None:
         import ray
 
         torch.set_num_threads(max(1, cpus))
@@ -103,7 +103,7 @@ class _Embedder:
         self.meta, self.prep, self.batch_size = meta, prep, batch_size
         self.decoders = cpus if cpus > 1 else 0  # decode threads; 0: inline
         self.codec = _ParquetParts(meta["dim"], meta["dtype"], meta)
-        self.tally, self.wait = tally, ray.get
+        self.tally, self.wait, self.base = tally, ray.get, base
 
     def __call__(self, batch: dict[str, np.ndarray]):
         keys = {Path(p): (str(p), int(s), int(m))
@@ -119,13 +119,14 @@ class _Embedder:
             failures += [(str(p), reason) for p, reason in b.errors]
         # waited for: the driver reads the tally once the write ends, and must see this
         self.wait(self.tally.report.remote(len(keys), failures))
-        return self.codec._table(done, np.concatenate(vectors))
+        return self.codec.table(done, np.concatenate(vectors), self.base)
 
 
 def embed_dataset(files: ray.data.Dataset | Sequence[Key], model: torch.nn.Module, *,
                   meta: dict, prep: Preprocessing, batch_size: int = DEFAULT_BATCH_SIZE,
                   num_workers: int | None = None, cpus_per_worker: int = 1,
-                  tally: FailureTally | None = None) -> ray.data.Dataset:
+                  tally: FailureTally | None = None, base: str | None = None
+                  ) -> ray.data.Dataset:
     """A lazy Ray dataset of the vectors of ``files``: one row per file that decodes.
 
     ``files``: (absolute path, size, mtime_ns) keys, or a dataset with columns ``path``,
@@ -137,6 +138,8 @@ def embed_dataset(files: ray.data.Dataset | Sequence[Key], model: torch.nn.Modul
     many as the cluster has CPUs, or GPUs for a CUDA model, per worker) each hold the model and use
     ``cpus_per_worker`` cores; ``batch_size`` files per forward pass. Files that fail are
     reported to ``tally`` as (path, reason) (and logged by the worker), never raised.
+    ``base``: the folder that rows' ``relpath`` is relative to (the store's; None: no
+    relative paths).
     """
     ray = require_ray()
     gpu = next(model.parameters()).device.type == "cuda"
@@ -159,7 +162,7 @@ def embed_dataset(files: ray.data.Dataset | Sequence[Key], model: torch.nn.Modul
         num_cpus=cpus_per_worker, num_gpus=1 if gpu else None,
         fn_constructor_kwargs={"model_ref": [model_ref], "meta": meta, "prep": prep,
                                "batch_size": batch_size, "cpus": cpus_per_worker,
-                               "tally": tally.actor})
+                               "tally": tally.actor, "base": base})
 
 
 def _commit_shards(store: VectorStore, staging: Path) -> int:
@@ -209,7 +212,7 @@ def run_ray_embed(model: torch.nn.Module, paths: Sequence[Path], output: str | P
                   prep: Preprocessing, meta: dict, batch_size: int = DEFAULT_BATCH_SIZE,
                   address: str | None = None, num_workers: int | None = None,
                   cpus_per_worker: int = 1, missing: Sequence[tuple[str, str]] = (),
-                  rows_per_file: int = ROWS_PER_FILE, quiet: bool = True,
+                  rows_per_file: int = ROWS_PER_FILE, quiet: bool = True, prune: bool = False,
                   progress: Callable[[int, int], None] | None = None) -> RunSummary:
     """:func:`mobilevec.embedding.pipeline.run_embed` on Ray Data: same store, vectors and errors.
 
@@ -218,8 +221,9 @@ def run_ray_embed(model: torch.nn.Module, paths: Sequence[Path], output: str | P
     this call, ``"auto"`` or ``"host:6379"`` joins a cluster (unless this process has called
     ``ray.init`` already), ``"ray://host:10001"`` runs the whole call as a task on the
     cluster behind that Ray Client address; the store folder must then be on storage every
-    node sees. ``rows_per_file``: least rows per shard. ``progress(done, total)`` is called about
-    twice a second. Ctrl-C keeps every shard already written whole.
+    node sees. ``rows_per_file``: least rows per shard. ``prune``: as for ``run_embed``.
+    ``progress(done, total)`` is called about twice a second. Ctrl-C keeps every shard
+    already written whole.
     """
     if store_paths(output)[1] != "parquet":
         raise StoreError(f"{output}: the Ray runner writes Parquet shards; use -o NAME.parquet")
@@ -228,7 +232,7 @@ def run_ray_embed(model: torch.nn.Module, paths: Sequence[Path], output: str | P
         return _run_on_cluster(model, paths, output, address, prep=prep, meta=meta,
                                batch_size=batch_size, num_workers=num_workers,
                                cpus_per_worker=cpus_per_worker, missing=missing,
-                               rows_per_file=rows_per_file, quiet=quiet)
+                               rows_per_file=rows_per_file, quiet=quiet, prune=prune)
     summary = RunSummary()
     start = time.perf_counter()
     with VectorStore.open(output, meta) as store:
@@ -239,6 +243,9 @@ def run_ray_embed(model: torch.nn.Module, paths: Sequence[Path], output: str | P
             log.info("kept %d vectors a killed run had written", adopted)
         todo, keys, early = _keys(paths, store.done_keys(), summary)
         early = list(missing) + early
+        if todo and not store.writable:
+            raise StoreError(f"{output} is read-only: {len(todo)} images are not stored yet "
+                             "and cannot be; nothing was embedded")
         if progress:
             progress(0, len(todo))
         shutdown = _connect(address, quiet) if todo else False
@@ -247,7 +254,8 @@ def run_ray_embed(model: torch.nn.Module, paths: Sequence[Path], output: str | P
             if todo:
                 dataset = embed_dataset([keys[p] for p in todo], model, meta=meta, prep=prep,
                                         batch_size=batch_size, num_workers=num_workers,
-                                        cpus_per_worker=cpus_per_worker, tally=tally)
+                                        cpus_per_worker=cpus_per_worker, tally=tally,
+                                        base=store.base)
                 with _Reporting(tally, len(todo), progress):
                     # writes take no CPU slot: the actors may hold them all, and vectors
                     # must leave the object store while they embed, not at the end
@@ -262,13 +270,16 @@ def run_ray_embed(model: torch.nn.Module, paths: Sequence[Path], output: str | P
             if tally is not None:
                 with suppress(Exception):  # Ray already gone: the files are retried next run
                     failures += tally.state()[1]
-            if failures:
+            if failures and store.writable:
                 store.append([], np.zeros((0, meta["dim"])), failures)
             summary.failed, summary.errors = len(failures), failures
             if shutdown:
                 ray.shutdown()
-        if not summary.interrupted:
-            store.finish(merge=False)  # shards are large already; merging would re-read all
+        if not summary.interrupted and store.writable:
+            # shards are large already; merging would re-read all
+            report = store.finish(merge=False, prune=prune)
+            summary.warnings += report.warnings
+            summary.pruned = report.pruned
     summary.seconds = time.perf_counter() - start
     return summary
 
