@@ -71,6 +71,11 @@ class ImageError(MobilevecError):
         super().__init__(f"{path}: {cause}")
 
 
+class InputError(MobilevecError, ValueError):
+    """Input arrays that break the input contract (:mod:`mobilevec.models.inputs`): the
+    message says what was given and what is expected."""
+
+
 class DatasetError(MobilevecError):
     """A data folder that cannot be used for training; names the folder and the cause."""
 

@@ -124,9 +124,15 @@ class Embedder:
         return self._fingerprint
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """``(N, 3, H, W)`` float32 in [0, 1] → ``(N, num_features)`` float32."""
+        """``(N, 3, H, W)`` float32 in [0, 1] (numpy or torch; the contract of
+        :mod:`mobilevec.models.inputs`) → ``(N, num_features)`` float32 numpy."""
+        from ..models.inputs import check_images
         from .batching import _batch_runner
 
+        check_images(x, who=f"embedder of {self.config.name} ({self.backend})",
+                     size=getattr(self.runner, "image_size", None))
+        if not isinstance(x, np.ndarray):  # a torch tensor
+            x = x.detach().cpu().float().numpy()
         x = np.asarray(x, np.float32)
         staging, run = _batch_runner(self.runner, len(x), tuple(x.shape[2:]))
         staging[...] = x
