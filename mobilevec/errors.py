@@ -99,6 +99,10 @@ class MissingDependencyError(MobilevecError, ImportError):
         super().__init__(f"{need} the {module!r} package: pip install 'mobilevec[{extra}]'")
 
 
+class DeviceError(MobilevecError):
+    """A torch device that this torch build or machine does not have."""
+
+
 class PrecisionError(MobilevecError):
     """A precision this machine cannot run natively, or that no installed backend offers."""
 

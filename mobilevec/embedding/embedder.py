@@ -169,6 +169,10 @@ def embedder(model: str | None = None, weights: str | Path | None = None, *,
     from ..engines.default import cached_engine, check_precision, default_backend
 
     check_precision(precision)
+    if device != "cpu":
+        from ..models.factory import torch_device
+
+        torch_device(device)  # a missing GPU is one clear error, before any work
     source = weights_source(model, weights, handle=handle)
     if backend in (None, "auto"):
         backend = "torch" if device != "cpu" and precision == "fp32" else \
