@@ -343,6 +343,17 @@ def test_int8_export_reports_progress_through_every_stage(tmp_path, capsys):
     assert decoded[-1] == (12, 12) and [d for d, _ in decoded] == list(range(1, 13))
     calibrated = [(d, t) for s, d, t in calls if s == "calibrate"]
     assert calibrated[-1][0] == calibrated[-1][1] >= 1
+    # a target that no pass reaches: one search for a block to keep in fp32, reported
+    from mobilevec.export import onnx_model
+    from mobilevec.export.quantize import quantize_int8
+
+    calls.clear()
+    quantize_int8(onnx_model(model, image_size=64), sorted(photos.iterdir()),
+                  target_cosine=2.0, max_fp32_blocks=1,
+                  progress=lambda *call: calls.append(call))
+    searched = [(d, t) for s, d, t in calls if s == "fp32 blocks"]
+    assert searched and searched[-1][0] == searched[-1][1] > 5
+    assert [s for s, _, _ in calls].count("calibrate") > len(calibrated)  # two passes
     # the command line draws them as bars on stderr
     capsys.readouterr()
     assert main(["export", "--model", V3, "--image-size", "64", "--int8", "--calibrate",
