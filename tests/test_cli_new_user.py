@@ -321,6 +321,13 @@ def test_an_fp32_openvino_export_runs_fp32_under_openvino_defaults(tmp_path, v3_
     # the bf16 engine's IR is not pinned (its bf16 hint would be ignored)
     bf16 = export(v3_module, tmp_path / "bf16" / "v3.xml", fp32_runtime=False)[0]
     assert np.abs(_plain_openvino(bf16, x) - reference).max() > 1e-2
+    # and asking for bf16 explicitly still gets it from the pinned IR
+    from mobilevec.engines import load_engine
+
+    fast = load_engine(xml, precision="bf16", threads=2)
+    assert np.abs(fast(x) - reference).max() > 1e-2
+    exact = load_engine(xml, threads=2)
+    np.testing.assert_allclose(exact(x), reference, atol=1e-4, rtol=0)
 
 
 def test_int8_export_reports_progress_through_every_stage(tmp_path, capsys):

@@ -52,7 +52,8 @@ FORMATS: tuple[Format, ...] = ("onnx", "openvino", "tflite")
 SUFFIXES: dict[str, Format] = {".onnx": "onnx", ".xml": "openvino", ".tflite": "tflite"}
 __all__ = ["FORMATS", "PLACEMENTS", "SUFFIXES", "FusedNet", "calibration_paths",
            "default_int8_placement", "export", "export_format", "exported_metadata", "fuse",
-           "onnx_model", "openvino_model", "pin_fp32", "source_sha256", "tflite_bytes"]
+           "onnx_model", "openvino_model", "pin_fp32", "source_sha256", "tflite_bytes",
+           "unpin_fp32"]
 
 
 def export_format(path: str | Path, format: str | None = None) -> Format:
@@ -134,6 +135,7 @@ def openvino_model(proto):
 # carry it keep their precision; ``save_model`` writes it into the IR as
 # DisablePrecisionConversion, which the CPU plugin honours when it reads the file.
 _KEEP_PRECISION = "precise_0"
+_PINNED_IN_IR = "DisablePrecisionConversion_0"  # the same mark, as read back from an IR
 
 
 def pin_fp32(model) -> None:
@@ -150,6 +152,21 @@ def pin_fp32(model) -> None:
     model.set_rt_info("f32", ["runtime_options", "INFERENCE_PRECISION_HINT"])
     for op in model.get_ops():
         op.get_rt_info()[_KEEP_PRECISION] = ""
+
+
+def unpin_fp32(model) -> int:
+    """Undo :func:`pin_fp32` on an ``openvino.Model`` (e.g. read from a pinned IR) in
+    memory, so that a bf16 hint applies; returns how many operations were unpinned."""
+    if model.has_rt_info(["runtime_options", "INFERENCE_PRECISION_HINT"]):
+        model.set_rt_info("bf16", ["runtime_options", "INFERENCE_PRECISION_HINT"])
+    count = 0
+    for op in model.get_ops():
+        info = op.get_rt_info()
+        for key in (_KEEP_PRECISION, _PINNED_IN_IR):
+            if key in info:
+                del info[key]
+                count += 1
+    return count
 
 
 def tflite_bytes(model, *, image_size: int | tuple[int, int] | None = None,
