@@ -71,6 +71,11 @@ class ImageError(MobilevecError):
         super().__init__(f"{path}: {cause}")
 
 
+class InputError(MobilevecError, ValueError):
+    """Input arrays that break the input contract (:mod:`mobilevec.models.inputs`): the
+    message says what was given and what is expected."""
+
+
 class DatasetError(MobilevecError):
     """A data folder that cannot be used for training; names the folder and the cause."""
 
@@ -92,6 +97,10 @@ class MissingDependencyError(MobilevecError, ImportError):
         self.module, self.extra = module, extra
         need = f"{purpose} needs" if purpose else "this needs"
         super().__init__(f"{need} the {module!r} package: pip install 'mobilevec[{extra}]'")
+
+
+class DeviceError(MobilevecError):
+    """A torch device that this torch build or machine does not have."""
 
 
 class PrecisionError(MobilevecError):

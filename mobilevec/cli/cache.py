@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import EXIT_ERROR, EXIT_OK
+from .common import EXIT_ERROR, EXIT_OK, add_json_option, print_json
 
 
 def _size(n: int) -> str:
@@ -25,6 +25,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     from ..hub.cache import cache_dir, list_entries
 
     entries = list_entries()
+    if args.json:
+        print_json({"cache": str(cache_dir()), "entries": [
+            {"key": e.key, "url": e.url, "file": str(e.file), "size": e.size,
+             "sha256": e.sha256, "sha256_source": e.sha256_source, "source": e.source,
+             "created": e.created, "extracted": e.extracted is not None,
+             "safetensors": e.safetensors_path.is_file()} for e in entries]})
+        return EXIT_OK
     print(f"cache: {cache_dir()}  ({len(entries)} entries)")
     for e in entries:
         derived = [name for name, present in (("extracted", e.extracted is not None),
@@ -39,6 +46,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from ..hub.cache import verify_entries
 
     results = verify_entries()
+    if args.json:
+        print_json({"entries": [{"key": e.key, "url": e.url, "ok": ok, "reason": reason}
+                                for e, ok, reason in results],
+                    "ok": sum(ok for _, ok, _ in results),
+                    "bad": sum(not ok for _, ok, _ in results)})
+        return EXIT_OK if all(ok for _, ok, _ in results) else EXIT_ERROR
     bad = 0
     for entry, ok, reason in results:
         print(f"  {'ok ' if ok else 'BAD'}  {entry.key}  {entry.url}" + ("" if ok else
@@ -84,9 +97,11 @@ def add_commands(subparsers) -> None:
     sub = p.add_subparsers(dest="cache_command", required=True)
 
     q = sub.add_parser("list", help="the cached artifacts")
+    add_json_option(q)
     q.set_defaults(func=cmd_list)
 
     q = sub.add_parser("verify", help="re-hash every cached file (exit 1 if any is bad)")
+    add_json_option(q)
     q.set_defaults(func=cmd_verify)
 
     q = sub.add_parser("import", help="add a downloaded file under the handle that load uses "

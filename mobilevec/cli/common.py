@@ -19,6 +19,7 @@ weights, for tests and training from scratch).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -103,6 +104,95 @@ def progress_bar(total: int, desc: str, quiet: bool = False
     return bar, update
 
 
+class StageBars:
+    """One tqdm bar per stage of a ``progress(stage, done, total)`` callback (e.g. int8
+    export: decode, calibrate, fp32 blocks); a stage that starts again resets its bar."""
+
+    def __init__(self, quiet: bool = False, unit: str = "it"):
+        self.quiet, self.unit = quiet, unit
+        self._bars: dict[str, Any] = {}
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        from tqdm import tqdm
+
+        bar = self._bars.get(stage)
+        if bar is None:
+            for other in self._bars.values():  # one stage at a time on the terminal
+                other.close()
+            bar = self._bars[stage] = tqdm(total=total, desc=stage, file=sys.stderr,
+                                           dynamic_ncols=True, leave=False)
+        if done < bar.n or bar.total != total:
+            bar.reset(total=total)
+        bar.update(done - bar.n)
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+        self._bars.clear()
+
+
+def add_json_option(p: argparse.ArgumentParser) -> None:
+    """``--json``: the command's results as one JSON document on stdout (messages and
+    progress stay on stderr)."""
+    p.add_argument("--json", action="store_true", help="print the results as JSON on stdout, "
+                                                       "for machines")
+
+
+def print_json(data: Any) -> None:
+    """``data`` as indented JSON on stdout (paths and other objects as strings)."""
+    json.dump(data, sys.stdout, indent=2, default=str)
+    print()
+
+
+def _int_at_least(low: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is not {what}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _int_at_least(1, "at least 1")
+non_negative_int = _int_at_least(0, "at least 0")
+image_size_int = _int_at_least(32, "an image size of at least 32")
+
+
+def float_in(low: float, high: float, *, low_open: bool = False,
+             high_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a float in [low, high] (open at either end when asked)."""
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        inside = ((value > low if low_open else value >= low) and
+                  (value < high if high_open else value <= high))
+        if not inside:  # NaN is never inside
+            raise argparse.ArgumentTypeError(f"{text} is not in {interval}")
+        return value
+
+    parse.__name__ = f"a number in {interval}"
+    return parse
+
+
+def add_image_size_option(p: argparse.ArgumentParser, *, dest: str,
+                          help: str = "input size (default: the model's, e.g. 224)") -> None:
+    """``--image-size N`` (N >= 32); ``--size`` stays accepted, hidden, for old commands."""
+    p.add_argument("--image-size", dest=dest, type=image_size_int, default=None, metavar="N",
+                   help=help)
+    p.add_argument("--size", dest=dest, type=image_size_int, help=argparse.SUPPRESS)
+
+
 def print_failures(errors: Sequence[tuple[Any, str]], errors_file: Path | None = None,
                    shown: int = SHOWN_FAILURES) -> None:
     """``FAILED path: reason`` lines on stderr (the first ``shown``), and where the rest is."""
@@ -132,12 +222,13 @@ def expand_args(args: argparse.Namespace) -> Sources:
 
 def add_decode_options(p: argparse.ArgumentParser) -> None:
     """Decoding and inference options of every command that reads images."""
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=non_negative_int, default=None,
                    help="decode processes (default: one per core; 0 decodes inline)")
     p.add_argument("--threads", action="store_true",
                    help="decode in threads, not processes: faster (no copies between "
                         "processes) but a crashing codec then stops the run")
-    p.add_argument("--batch-size", type=int, default=64, help="images per inference batch")
+    p.add_argument("--batch-size", type=positive_int, default=64,
+                   help="images per inference batch")
     p.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda)")
     p.add_argument("--backend", default="auto",
                    choices=("auto", "torch", "torch-fused", "onnxruntime", "openvino", "litert"),
@@ -151,14 +242,15 @@ def add_decode_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def add_model_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+def add_model_options(parser: argparse.ArgumentParser, *, required: bool = True,
+                      default: str = "the one recorded with the input") -> None:
     """Add ``--model``, ``--weights`` and ``--handle`` to ``parser``.
 
     ``required``: whether some model must be named (``--model`` or ``--handle``); commands
-    that can take the model from an earlier run's metadata pass False.
+    that can take the model from elsewhere pass False and say where in ``default``.
     """
     parser.add_argument("--model", help="model name, see `mobilevec list`"
-                        + ("" if required else " (default: the one recorded with the input)"))
+                        + ("" if required else f" (default: {default})"))
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--weights", help="weights FILE or DIR, any supported format")
     group.add_argument("--handle", help="TF Hub / Kaggle handle or URL of an artifact "

@@ -13,13 +13,18 @@ from .common import (
     EXIT_ERROR,
     EXIT_FAILED_FILES,
     EXIT_OK,
+    EXIT_USAGE,
     Interruption,
     add_decode_options,
+    add_image_size_option,
     add_input_options,
+    add_json_option,
     add_model_options,
     expand_args,
     interrupt_on_signals,
+    positive_int,
     print_failures,
+    print_json,
     printable,
     progress_bar,
 )
@@ -65,6 +70,11 @@ def _embed(args: argparse.Namespace, caught: Interruption) -> int:
     from ..embedding.provenance import store_meta
     from .common import embedder_from_args
 
+    if not (args.weights or args.handle or args.random_weights):
+        print("error: no --weights or --handle: the vectors would come from random weights "
+              "and mean nothing; name the weights, or pass --random-weights if that is "
+              "what you want (tests, timing)", file=sys.stderr)
+        return EXIT_USAGE
     sources = expand_args(args)
     if not sources.paths and not sources.missing:
         print("error: no input images (give files, folders, globs or @list.txt)",
@@ -75,14 +85,14 @@ def _embed(args: argparse.Namespace, caught: Interruption) -> int:
     weights = None if emb.source.artifact is None else str(emb.source.artifact)
     size = emb.image_size[0]
     if weights is None:
-        print("warning: no --weights: random initialisation (vectors mean nothing, and a "
-              "re-run cannot resume them)", file=sys.stderr)
+        print("warning: --random-weights: random initialisation (vectors mean nothing, and "
+              "a re-run cannot resume them)", file=sys.stderr)
     prep = Preprocessing(size=(size, size), crop=args.crop, draft=not args.exact_decode,
                          max_pixels=MAX_PIXELS if args.max_pixels is None else args.max_pixels)
     quality = measure_precision(emb, sources.paths, prep)
     meta = store_meta(emb, prep, normalize=args.normalize, half=args.half, weights=weights,
                       source=args.handle, precision=emb.precision, quality=quality)
-    bar, update = progress_bar(len(sources.paths), "embed", args.quiet)
+    bar, update = progress_bar(len(sources.paths), "embed", args.quiet or args.json)
     try:
         summary = embed(emb.runner, sources.paths, args.output, prep=prep, meta=meta,
                         batch_size=args.batch_size, missing=sources.missing, progress=update)
@@ -96,12 +106,24 @@ def _embed(args: argparse.Namespace, caught: Interruption) -> int:
         print(f"note: {printable(args.output)} is read-only: nothing left to embed"
               + ("; the failures above are not recorded" if summary.errors else ""),
               file=sys.stderr)
-    pruned = f", {summary.pruned} pruned" if summary.pruned else ""
-    print(f"{'interrupted' if summary.interrupted else 'done'}: {summary.ok} embedded, "
-          f"{summary.failed} failed, {summary.skipped} skipped (already in "
-          f"{printable(args.output)}){pruned} in {summary.seconds:.1f} s "
-          f"({summary.images_per_second:.1f} img/s) on {emb.backend}, "
-          f"{_precision_words(emb.precision, quality)}")
+    if args.json:
+        print_json({"status": "interrupted" if summary.interrupted else "done",
+                    "output": printable(args.output), "embedded": summary.ok,
+                    "failed": summary.failed, "skipped": summary.skipped,
+                    "pruned": summary.pruned, "seconds": round(summary.seconds, 3),
+                    "images_per_second": round(summary.images_per_second, 2),
+                    "backend": emb.backend, "precision": emb.precision, "quality": quality,
+                    "errors": [{"path": printable(p), "reason": why}
+                               for p, why in summary.errors],
+                    "errors_file": None if summary.read_only else summary.errors_file,
+                    "warnings": list(summary.warnings)})
+    else:
+        pruned = f", {summary.pruned} pruned" if summary.pruned else ""
+        print(f"{'interrupted' if summary.interrupted else 'done'}: {summary.ok} embedded, "
+              f"{summary.failed} failed, {summary.skipped} skipped (already in "
+              f"{printable(args.output)}){pruned} in {summary.seconds:.1f} s "
+              f"({summary.images_per_second:.1f} img/s) on {emb.backend}, "
+              f"{_precision_words(emb.precision, quality)}")
     if summary.interrupted:
         return caught.exit_code
     return EXIT_FAILED_FILES if summary.failed else EXIT_OK
@@ -168,10 +190,14 @@ def cmd_search(args: argparse.Namespace) -> int:
             print(f"(approximate search: {method} index over {len(stored.paths)} vectors)",
                   file=sys.stderr)
         for query, hits, scores in zip(paths, order, sims, strict=True):
-            print(f"query {query}")
+            if not args.json:
+                print(f"query {query}")
             for rank, (i, score) in enumerate(zip(hits, scores, strict=True), 1):
-                print(f"  {rank:3d}  {score:8.4f}  {stored.paths[i]}")
+                if not args.json:
+                    print(f"  {rank:3d}  {score:8.4f}  {stored.paths[i]}")
                 rows.append((str(query), rank, f"{score:.6f}", stored.paths[i]))
+    if args.json:
+        print_json(_search_json(rows, failures))
     if args.csv:
         write_csv(args.csv, ("query", "rank", "cosine", "path"), rows)
     return EXIT_FAILED_FILES if failures else EXIT_OK
@@ -188,16 +214,39 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     for number, group in enumerate(groups, 1):
         unit = l2_normalize(stored.vectors[group])
         sims = unit @ unit[0]
-        print(f"group {number}: {len(group)} images")
+        if not args.json:
+            print(f"group {number}: {len(group)} images")
         for i, sim in zip(group, sims, strict=True):
-            print(f"  {sim:8.4f}  {stored.paths[i]}")
+            if not args.json:
+                print(f"  {sim:8.4f}  {stored.paths[i]}")
             rows.append((number, stored.paths[i], f"{sim:.6f}"))
     duplicates = sum(len(g) - 1 for g in groups)
-    print(f"{len(groups)} groups of near-duplicates (cosine >= {args.threshold}) among "
-          f"{len(stored.paths)} images; {duplicates} could go, keeping one per group")
+    if args.json:
+        print_json(_dedup_json(rows, len(stored.paths), args.threshold))
+    else:
+        print(f"{len(groups)} groups of near-duplicates (cosine >= {args.threshold}) among "
+              f"{len(stored.paths)} images; {duplicates} could go, keeping one per group")
     if args.csv:
         write_csv(args.csv, ("group", "path", "cosine_to_first"), rows)
     return EXIT_OK
+
+
+def _search_json(rows: list[tuple], failures: list[tuple[str, str]]) -> dict:
+    queries: dict[str, list[dict]] = {}
+    for query, rank, cosine, path in rows:
+        queries.setdefault(query, []).append({"rank": rank, "cosine": float(cosine),
+                                              "path": path})
+    return {"queries": [{"query": q, "neighbours": n} for q, n in queries.items()],
+            "errors": [{"path": p, "reason": why} for p, why in failures]}
+
+
+def _dedup_json(rows: list[tuple], images: int, threshold: float) -> dict:
+    groups: dict[int, list[dict]] = {}
+    for number, path, cosine in rows:
+        groups.setdefault(number, []).append({"path": path, "cosine_to_first": float(cosine)})
+    return {"threshold": threshold, "images": images,
+            "duplicates": sum(len(g) - 1 for g in groups.values()),
+            "groups": [{"group": n, "images": g} for n, g in groups.items()]}
 
 
 # --- registration ------------------------------------------------------------------------
@@ -215,7 +264,10 @@ def add_commands(subparsers) -> None:
                    help="vectors.parquet (a folder of Parquet parts) or vectors.npy "
                         "(+ vectors.index.csv)")
     add_model_options(p, required=True)
-    p.add_argument("--size", type=int, help="input size (default: the model's, e.g. 224)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="without --weights/--handle: embed with random initialisation "
+                        "(vectors that mean nothing; for tests and timing)")
+    add_image_size_option(p, dest="size")
     p.add_argument("--crop", choices=("none", "center"), default="none",
                    help="none: squash to the input size (TF Hub's usual feed); center: "
                         "resize the shorter side and crop the centre")
@@ -240,8 +292,9 @@ def add_commands(subparsers) -> None:
                         "(pip install 'mobilevec[ray]'; see docs/ray.md)")
     p.add_argument("--address", help="with --runner ray: 'auto' or ray://HOST:10001 to join a "
                                      "cluster (default: a local Ray instance for this run)")
-    p.add_argument("--num-workers", type=int,
+    p.add_argument("--num-workers", type=positive_int,
                    help="with --runner ray: model actors (default: one per CPU in the cluster)")
+    add_json_option(p)
     p.set_defaults(func=cmd_embed)
 
     p = subparsers.add_parser(
@@ -258,6 +311,7 @@ def add_commands(subparsers) -> None:
                         "100,000 stored vectors when installed, else exact")
     add_model_options(p, required=False)
     add_decode_options(p)
+    add_json_option(p)
     p.set_defaults(func=cmd_search)
 
     p = subparsers.add_parser(
@@ -268,4 +322,5 @@ def add_commands(subparsers) -> None:
     p.add_argument("--threshold", type=float, default=0.95,
                    help="cosine similarity that makes two images duplicates (default 0.95)")
     p.add_argument("--csv", help="also write group,path,cosine_to_first to this CSV file")
+    add_json_option(p)
     p.set_defaults(func=cmd_dedup)

@@ -20,9 +20,13 @@ from .common import (
     EXIT_OK,
     EXIT_USAGE,
     add_decode_options,
+    add_image_size_option,
     add_input_options,
     add_model_options,
     expand_args,
+    float_in,
+    non_negative_int,
+    positive_int,
     print_failures,
     progress_bar,
 )
@@ -49,12 +53,24 @@ def _config_from_args(args: argparse.Namespace):
         image_size=args.size)
 
 
+EPOCH_LEGEND = ("per epoch: the head's learning rate; mean cross-entropy loss and accuracy "
+                "on the training images (as trained, with dropout and label smoothing) and "
+                "on the validation images; seconds")
+
+
 def _print_epoch(quiet: bool):
+    shown = False
+
     def show(row: dict) -> None:
-        if not quiet:
-            print(f"epoch {row['epoch']:3d}  lr {row['lr']:.2e}  loss {row['train_loss']:.4f}  "
-                  f"acc {row['train_accuracy']:.3f}  val_loss {row['val_loss']:.4f}  "
-                  f"val_acc {row['val_accuracy']:.3f}  ({row['seconds']:.1f} s)", flush=True)
+        nonlocal shown
+        if quiet:
+            return
+        if not shown:
+            print(EPOCH_LEGEND, flush=True)
+            shown = True
+        print(f"epoch {row['epoch']:3d}  lr {row['lr']:.2e}  train loss {row['train_loss']:.4f} "
+              f"acc {row['train_accuracy']:.3f}  |  val loss {row['val_loss']:.4f} "
+              f"acc {row['val_accuracy']:.3f}  ({row['seconds']:.1f} s)", flush=True)
 
     return show
 
@@ -113,10 +129,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     print_failures([(str(p), why) for p, why in result.skipped])
     matrix, reports = write_report(result.run.path, result.val_labels, result.val_logits,
                                    result.class_names, result.history)
+    print(f"validation images ({len(result.val_labels)}), classified by the kept epoch "
+          f"{result.best_epoch}: per class, precision (of the images predicted as the class, "
+          "the share that are), recall (of the class's images, the share found), F1 and the "
+          "number of images; accuracy over all")
     print(format_table(reports, matrix))
     how = "early stop" if result.stopped_early else f"{len(result.history)} epochs"
+    figures = [name for name in ("confusion_matrix.png", "curves.png")
+               if (result.run.path / name).is_file()]
     print(f"done ({how}): kept epoch {result.best_epoch} (lowest validation loss); run folder "
-          f"{result.run.path} (features {result.seconds_features:.1f} s, training "
+          f"{result.run.path}: the classifier, run.json, metrics.csv, evaluation.json, "
+          f"per_class.csv" + (f", {' and '.join(figures)} (confusion matrix; loss and "
+                              "accuracy per epoch)" if figures else "")
+          + f" (features {result.seconds_features:.1f} s, training "
           f"{result.seconds_training:.1f} s)")
     return EXIT_FAILED_FILES if result.skipped else EXIT_OK
 
@@ -161,7 +186,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..training.classify import evaluate_folder, load_classifier
+    from ..training.classify import evaluate_folder, load_classifier, seen_in_training
     from ..training.reports import format_table, report_dict, write_report
 
     classifier, spec = load_classifier(args.run, args.backend)
@@ -171,6 +196,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     predictions = evaluation.predictions
     failures = [(str(p), why) for p, why in predictions.errors]
     names = spec["class_names"]
+    seen = seen_in_training(spec, predictions.paths)
+    for split, paths in seen.items():
+        if paths:
+            print(f"warning: {len(paths)} of the {len(predictions.paths)} images were "
+                  f"{'trained on' if split == 'train' else 'used to pick the epoch'} in "
+                  f"{args.run} ({split} files in run.json, e.g. {paths[0]}): the figures "
+                  "overstate accuracy on new images", file=sys.stderr)
     report_dir = Path(args.report_dir) if args.report_dir else None
     if report_dir is not None:
         matrix, reports = write_report(report_dir, evaluation.labels, predictions.probabilities,
@@ -183,6 +215,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         reports = per_class(matrix, names)
     if args.json:
         json.dump({**report_dict(matrix, names),
+                   "seen_in_training": {k: [str(p) for p in v] for k, v in seen.items()},
                    "errors": [{"path": p, "reason": why} for p, why in failures]},
                   sys.stdout, indent=2)
         print()
@@ -210,51 +243,55 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fine-tune", action="store_true",
                    help="train the backbone too (BatchNorm on batch statistics, moving "
                         "averages at --bn-momentum); default: frozen backbone, cached features")
-    g.add_argument("--bn-momentum", type=float, default=None,
+    g.add_argument("--bn-momentum", type=float_in(0, 1, high_open=True), default=None,
                    help="BatchNorm moving-average decay in TF's convention (0.997 = torch "
                         "momentum 0.003; default: the model's, V2 0.997, V3 0.99)")
     g.add_argument("--freeze-batch-norm", action=argparse.BooleanOptionalAction, default=None,
                    help="fine-tune with BatchNorm in inference mode (default: only for weights "
                         "with BatchNorm folded into the convolutions, e.g. TFLite files)")
-    g.add_argument("--epochs", type=int, default=10, action=_EpochsAction,
+    g.add_argument("--epochs", type=positive_int, default=10, action=_EpochsAction,
                    help="epochs (default 10; with --resume: extend the run to this many)")
-    g.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
+    g.add_argument("--batch-size", type=positive_int, default=32,
+                   help="images per step (default 32)")
     g.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
                    help="SGD with momentum (default) or Adam")
-    g.add_argument("--lr", type=float, default=None,
+    g.add_argument("--lr", type=float_in(0, 1e6, low_open=True), default=None,
                    help="learning rate of the head (default: 0.005 SGD, 0.001 Adam)")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    g.add_argument("--weight-decay", type=float, default=1e-4,
+    g.add_argument("--momentum", type=float_in(0, 1, high_open=True), default=0.9,
+                   help="SGD momentum (default 0.9)")
+    g.add_argument("--weight-decay", type=float_in(0, 1e6), default=1e-4,
                    help="L2 weight decay on the head's kernel (default 1e-4)")
-    g.add_argument("--label-smoothing", type=float, default=0.1, help="default 0.1")
+    g.add_argument("--label-smoothing", type=float_in(0, 1, high_open=True), default=0.1,
+                   help="default 0.1")
     g.add_argument("--schedule", choices=("cosine", "step", "constant"), default="cosine",
                    help="learning-rate schedule over the epochs (default cosine)")
-    g.add_argument("--step-epochs", type=int, default=30, help="step schedule: epochs per step")
-    g.add_argument("--step-gamma", type=float, default=0.1, help="step schedule: factor per step")
-    g.add_argument("--dropout", type=float, default=0.2,
+    g.add_argument("--step-epochs", type=positive_int, default=30,
+                   help="step schedule: epochs per step")
+    g.add_argument("--step-gamma", type=float_in(0, 1e6, low_open=True), default=0.1,
+                   help="step schedule: factor per step")
+    g.add_argument("--dropout", type=float_in(0, 1, high_open=True), default=0.2,
                    help="dropout before the head (default 0.2)")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random resized crop + horizontal flip on the images (default: on "
                         "with --fine-tune, off otherwise; a frozen run with --augment "
                         "re-embeds the images every epoch)")
-    g.add_argument("--crop-scale-min", type=float, default=0.5,
+    g.add_argument("--crop-scale-min", type=float_in(0, 1, low_open=True), default=0.5,
                    help="smallest area fraction of the random resized crop (default 0.5)")
-    g.add_argument("--backbone-lr-scale", type=float, default=1.0,
+    g.add_argument("--backbone-lr-scale", type=float_in(0, 1e6), default=1.0,
                    help="fine-tune: the backbone's learning rate relative to the head's")
-    g.add_argument("--head-warmup-epochs", type=int, default=0,
+    g.add_argument("--head-warmup-epochs", type=non_negative_int, default=0,
                    help="fine-tune: first train the head alone this many epochs on cached "
                         "features (default 0)")
-    g.add_argument("--clip-grad-norm", type=float, default=None,
+    g.add_argument("--clip-grad-norm", type=float_in(0, 1e12, low_open=True), default=None,
                    help="rescale each step's gradients to at most this L2 norm")
-    g.add_argument("--patience", type=int, default=None,
+    g.add_argument("--patience", type=positive_int, default=None,
                    help="early stopping: stop after this many epochs without a lower "
                         "validation loss (default: never)")
     g.add_argument("--normalize-features", action="store_true",
                    help="L2-normalise the feature vector before the head")
     g.add_argument("--flip-average", action="store_true",
                    help="average the features of each image and its mirror image at inference")
-    g.add_argument("--size", type=int, default=None,
-                   help="input size (default: the model's, e.g. 224)")
+    add_image_size_option(g, dest="size")
 
 
 def add_commands(subparsers) -> None:
@@ -269,16 +306,17 @@ def add_commands(subparsers) -> None:
     p.add_argument("data_dir", nargs="?", metavar="DATA_DIR",
                    help="one sub-folder of images per class (not needed with --resume)")
     p.add_argument("-o", "--output", required=True, help="run folder to write")
-    add_model_options(p, required=False)
+    add_model_options(p, required=False, default="none: name one, unless --resume")
     p.add_argument("--val", metavar="DIR", help="validation class folders (default: a seeded "
                                                 "stratified split of DATA_DIR)")
-    p.add_argument("--val-fraction", type=float, default=0.2,
+    p.add_argument("--val-fraction", type=float_in(0, 1, low_open=True, high_open=True),
+                   default=0.2,
                    help="validation share of each class when splitting (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="split, initialisation and shuffling")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in -o from its last epoch checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in -o")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=non_negative_int, default=None,
                    help="decode processes for the feature cache (default: one per core)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     p.add_argument("--backend", default="auto",
@@ -295,7 +333,7 @@ def add_commands(subparsers) -> None:
                     "could not be read (reported, skipped).")
     p.add_argument("run", help="run folder written by `mobilevec train`")
     add_input_options(p, "IMAGE")
-    p.add_argument("-k", type=int, default=5, help="classes per image (default 5)")
+    p.add_argument("-k", type=positive_int, default=5, help="classes per image (default 5)")
     p.add_argument("--json", action="store_true", help="JSON on stdout, for machines")
     add_decode_options(p)
     p.set_defaults(func=cmd_predict)

@@ -124,9 +124,15 @@ class Embedder:
         return self._fingerprint
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """``(N, 3, H, W)`` float32 in [0, 1] → ``(N, num_features)`` float32."""
+        """``(N, 3, H, W)`` float32 in [0, 1] (numpy or torch; the contract of
+        :mod:`mobilevec.models.inputs`) → ``(N, num_features)`` float32 numpy."""
+        from ..models.inputs import check_images
         from .batching import _batch_runner
 
+        check_images(x, who=f"embedder of {self.config.name} ({self.backend})",
+                     size=getattr(self.runner, "image_size", None))
+        if not isinstance(x, np.ndarray):  # a torch tensor
+            x = x.detach().cpu().float().numpy()
         x = np.asarray(x, np.float32)
         staging, run = _batch_runner(self.runner, len(x), tuple(x.shape[2:]))
         staging[...] = x
@@ -163,6 +169,10 @@ def embedder(model: str | None = None, weights: str | Path | None = None, *,
     from ..engines.default import cached_engine, check_precision, default_backend
 
     check_precision(precision)
+    if device != "cpu":
+        from ..models.factory import torch_device
+
+        torch_device(device)  # a missing GPU is one clear error, before any work
     source = weights_source(model, weights, handle=handle)
     if backend in (None, "auto"):
         backend = "torch" if device != "cpu" and precision == "fp32" else \

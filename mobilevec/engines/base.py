@@ -2,7 +2,8 @@
 
 An engine is called like the torch module: ``engine(x)`` with ``x`` float32 NCHW RGB in
 [0, 1], a numpy array or a torch tensor, of shape ``(N, 3, H, W)`` at the engine's
-``image_size``; it returns ``(N, num_features)`` float32 of the same type (numpy in,
+``image_size`` (the contract of :mod:`mobilevec.models.inputs`, checked on every call); it
+returns ``(N, num_features)`` float32 of the same type (numpy in,
 numpy out; tensor in, CPU tensor out). ``config`` is the model's
 :class:`~mobilevec.models.registry.ModelConfig`.
 """
@@ -19,6 +20,7 @@ import numpy as np
 
 from .._optional import require
 from ..errors import MissingBackendError, MissingDependencyError
+from ..models.inputs import check_images
 from ..models.registry import ModelConfig
 
 if TYPE_CHECKING:
@@ -73,27 +75,19 @@ class Engine:
         return torch.from_numpy(self.run(x.numpy()))
 
     def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        check_images(x, who=f"{self.backend} engine for {self.config.name}",
+                     size=self.image_size)
         # A tensor exists only where torch was imported; engines themselves never import it.
         torch = sys.modules.get("torch")
         if torch is not None and isinstance(x, torch.Tensor):
             t = x.detach().to("cpu", torch.float32).contiguous()
-            self._check(tuple(t.shape))
             if t.shape[0] == 0:
                 return torch.zeros((0, self.num_features), dtype=torch.float32)
             return self.run_tensor(t)
-        if isinstance(x, np.ndarray):
-            a = np.ascontiguousarray(x, dtype=np.float32)
-            self._check(a.shape)
-            if a.shape[0] == 0:
-                return np.zeros((0, self.num_features), np.float32)
-            return self.run(a)
-        raise TypeError(f"expected a numpy array or a torch tensor, got {type(x).__name__}")
-
-    def _check(self, shape: tuple[int, ...]) -> None:
-        h, w = self.image_size
-        if len(shape) != 4 or tuple(shape[1:]) != (3, h, w):
-            raise ValueError(f"{self.backend} engine for {self.config.name} takes float32 NCHW "
-                             f"(N, 3, {h}, {w}) in [0, 1], got shape {tuple(shape)}")
+        a = np.ascontiguousarray(x, dtype=np.float32)
+        if a.shape[0] == 0:
+            return np.zeros((0, self.num_features), np.float32)
+        return self.run(a)
 
     def __repr__(self) -> str:
         h, w = self.image_size

@@ -188,8 +188,9 @@ def _export(folder: Path, name: str, weights: str | Path, backend: str, precisio
                        "calibration_images": int(meta["calibration_images"]),
                        "fp32_blocks": meta.get("int8_fp32_blocks", ""),
                        "measured_on": "held-out calibration photos"}
-    elif backend == "openvino":
-        export(module, folder / "model.xml", "openvino", image_size=size, source=weights)
+    elif backend == "openvino":  # bf16 compiles this IR with the bf16 hint: not pinned
+        export(module, folder / "model.xml", "openvino", image_size=size, source=weights,
+               fp32_runtime=precision == "fp32")
     else:
         export(module, folder / "model.onnx", "onnx", image_size=size, source=weights)
     return {"fingerprint": model_fingerprint(module), "model": name,

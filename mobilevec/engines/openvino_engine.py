@@ -65,6 +65,11 @@ class OpenVinoEngine(Engine):
         h, w = (int(v) for v in meta["image_size"].split(","))
         super().__init__(get_config(meta["model"]), (h, w), int(meta["num_features"]))
         self.precision = meta.get("precision", "fp32")
+        if precision == "bf16":  # an IR exported for fp32 under OpenVINO's defaults
+            from ..export import unpin_fp32
+
+            model = model.clone()
+            unpin_fp32(model)
         self.int8_stem = False
         if (precision == "bf16") if int8_stem is None else int8_stem:
             from .openvino_stem import quantize_stem

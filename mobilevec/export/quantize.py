@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -56,6 +56,11 @@ _CHECK_IMAGES = 48  # held out of calibration, spread over it: photos the fit ne
 
 Placement = Literal["all-ops", "conv-inputs"]
 PLACEMENTS: tuple[str, ...] = ("all-ops", "conv-inputs")
+# ``progress(stage, done, total)`` through the int8 work, one stage after another: the
+# photos decoded, the calibration batches run (again for each quantization pass), the blocks
+# measured while looking for the ones to keep in fp32 (a pass that falls short of the target).
+Progress = Callable[[str, int, int], None]
+STAGES = ("decode", "calibrate", "fp32 blocks")
 
 
 def calibration_paths(folder: str | Path, limit: int = DEFAULT_CALIBRATION_IMAGES) -> list[Path]:
@@ -78,11 +83,14 @@ def spread(paths: Sequence[Path], limit: int) -> list[Path]:
 
 
 def calibration_images(paths: Sequence[str | Path], image_size: tuple[int, int],
-                       skipped: list[tuple[Path, str]] | None = None) -> Iterator[np.ndarray]:
+                       skipped: list[tuple[Path, str]] | None = None,
+                       progress: Progress | None = None) -> Iterator[np.ndarray]:
     """Batches ``(n, 3, H, W)`` float32 in [0, 1] of the images that decode; the others are
     logged and appended to ``skipped`` as (path, reason)."""
     batch: list[np.ndarray] = []
-    for path in paths:
+    for done, path in enumerate(paths, 1):
+        if progress is not None:
+            progress("decode", done, len(paths))
         try:
             batch.append(load_array(path, image_size))
         except ImageError as e:
@@ -97,17 +105,21 @@ def calibration_images(paths: Sequence[str | Path], image_size: tuple[int, int],
         yield np.stack(batch)
 
 
-def _reader(batches: Sequence[np.ndarray], input_name: str):
+def _reader(batches: Sequence[np.ndarray], input_name: str, progress: Progress | None):
     from onnxruntime.quantization import CalibrationDataReader
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self._batches = iter(batches)
+            self._done = 0
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             x = next(self._batches, None)
+            if progress is not None:  # the batch handed out before is done
+                progress("calibrate", self._done, len(batches))
             if x is None:
                 return None
+            self._done += 1
             return {input_name: x}
 
     return _Reader()
@@ -160,7 +172,8 @@ def _agreement(fp32, int8, check: np.ndarray) -> tuple[float, float]:
     return float(cosines.mean()), float(cosines.mean() - 2 * error)
 
 
-def _block_losses(fp32, int8, check: np.ndarray, kept: Sequence[str]) -> dict[str, float]:
+def _block_losses(fp32, int8, check: np.ndarray, kept: Sequence[str],
+                  progress: Progress | None = None) -> dict[str, float]:
     """For each quantized block: 1 - mean cosine of the vectors when that block alone runs
     in int8 (fed the fp32 input it would get) and everything after it in fp32. A block's
     error is judged by what it does to the vector, not to its own output: an early block's
@@ -180,7 +193,9 @@ def _block_losses(fp32, int8, check: np.ndarray, kept: Sequence[str]) -> dict[st
     # pair gives, not the raw tensor.
     dequantized = _dequantized_names(int8)
     value, losses = check, {}
-    for block, tensor in blocks.items():
+    for done, (block, tensor) in enumerate(blocks.items(), 1):
+        if progress is not None:
+            progress("fp32 blocks", done, len(blocks))
         if block in conv_blocks and block not in kept:
             quantized = run(cut_int8, start, dequantized.get(tensor, tensor), value)
             vectors = quantized if tensor == output else run(cut_fp32, tensor, output,
@@ -208,7 +223,7 @@ def _split(batches: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
 def quantize_int8(model, paths: Sequence[str | Path],
                   skipped: list[tuple[Path, str]] | None = None, *,
                   placement: Placement = "all-ops", target_cosine: float = TARGET_COSINE,
-                  max_fp32_blocks: int = MAX_FP32_BLOCKS):
+                  max_fp32_blocks: int = MAX_FP32_BLOCKS, progress: Progress | None = None):
     """The int8 (QDQ) ``onnx.ModelProto`` of an fp32 mobilevec ONNX model, calibrated on ``paths``.
 
     ``model`` must be one written by :func:`mobilevec.export.onnx_graph.to_onnx` (its
@@ -216,8 +231,8 @@ def quantize_int8(model, paths: Sequence[str | Path],
     ``precision`` int8, ``int8_placement``, ``int8_cosine_mean`` (the mean cosine between
     int8 and fp32 vectors on held-out calibration images) and ``int8_fp32_blocks`` (blocks
     kept in fp32 to reach ``target_cosine``, see the module doc). ``placement``: one of
-    :data:`PLACEMENTS`. Below :data:`COSINE_WARNING` a warning is logged. Raises
-    ``ValueError`` when no calibration image decodes.
+    :data:`PLACEMENTS`. Below :data:`COSINE_WARNING` a warning is logged. ``progress``:
+    see :data:`Progress`. Raises ``ValueError`` when no calibration image decodes.
     """
     import onnx
 
@@ -229,7 +244,7 @@ def quantize_int8(model, paths: Sequence[str | Path],
     meta = parse_metadata(props)
     h, w = (int(v) for v in meta["image_size"].split(","))
     nhwc = meta.get("layout") == "NHWC"
-    batches = list(calibration_images(paths, (h, w), skipped))
+    batches = list(calibration_images(paths, (h, w), skipped, progress))
     if not batches:
         raise ValueError("none of the calibration images could be decoded")
     decoded = sum(len(b) for b in batches)
@@ -250,7 +265,7 @@ def quantize_int8(model, paths: Sequence[str | Path],
         onnx.save(source, src)
         while True:
             quantized = _quantize(src, Path(tmp) / "int8.onnx", batches, source, kept,
-                                  placement)
+                                  placement, progress)
             if placement == "conv-inputs":
                 from .bias_correction import correct_biases
 
@@ -261,7 +276,7 @@ def quantize_int8(model, paths: Sequence[str | Path],
                      lower)
             if lower >= target_cosine or len(kept) >= max_fp32_blocks:
                 break
-            losses = _block_losses(source, quantized, check, kept)
+            losses = _block_losses(source, quantized, check, kept, progress)
             if not losses:
                 break
             kept.append(max(losses, key=losses.get))
@@ -282,7 +297,7 @@ def quantize_int8(model, paths: Sequence[str | Path],
 
 
 def _quantize(src: Path, dst: Path, batches: Sequence[np.ndarray], model,
-              kept: Sequence[str], placement: Placement):
+              kept: Sequence[str], placement: Placement, progress: Progress | None = None):
     """One static-quantization pass of ``src`` with the nodes of ``kept`` blocks in fp32."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -296,7 +311,7 @@ def _quantize(src: Path, dst: Path, batches: Sequence[np.ndarray], model,
         excluded += [n.name for n in model.graph.node if in_squeeze_excite(n.name)]
     with _quiet_root_logger():
         quantize_static(
-            str(src), str(dst), _reader(batches, model.graph.input[0].name),
+            str(src), str(dst), _reader(batches, model.graph.input[0].name, progress),
             quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded,

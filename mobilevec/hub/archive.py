@@ -233,3 +233,38 @@ def _move_into_place(tmp: Path, dest: Path) -> None:
     os.replace(dest, old)
     os.replace(tmp, dest)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def pack_folder(folder: Path, target: Path, companions: tuple[Path, ...] = ()) -> Path:
+    """Write ``folder`` (and the ``companions`` files beside it) as an uncompressed tar at
+    ``target``, deterministically: members sorted, owner, group and times zeroed, so that the
+    same folder always gives the same bytes (and the same sha256 in the cache).
+
+    Only plain files and folders are packed (what :func:`extract_archive` accepts); a link
+    or special file inside ``folder`` raises DownloadError naming it.
+    """
+    folder = Path(folder)
+
+    def add(tar: tarfile.TarFile, path: Path, name: str) -> None:
+        st = path.lstat()
+        info = tarfile.TarInfo(name)
+        info.uid = info.gid = info.mtime = 0
+        info.uname = info.gname = ""
+        if stat.S_ISDIR(st.st_mode):
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
+        elif stat.S_ISREG(st.st_mode):
+            info.size, info.mode = st.st_size, 0o644
+            with path.open("rb") as f:
+                tar.addfile(info, f)
+        else:
+            raise DownloadError(f"{path}: not a plain file or folder; a folder to import holds "
+                                "only files and folders (no links)", path=path)
+
+    with tarfile.open(target, "w", format=tarfile.PAX_FORMAT) as tar:
+        add(tar, folder, folder.name)
+        for path in sorted(folder.rglob("*")):
+            add(tar, path, f"{folder.name}/{path.relative_to(folder).as_posix()}")
+        for path in companions:
+            add(tar, path, path.name)
+    return target

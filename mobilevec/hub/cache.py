@@ -371,7 +371,8 @@ def _commit(folder: Path, url: str, got: _download.Downloaded, want: str | None,
 
 def import_file(path: str | Path, url_or_handle: str, sha256: str | None = None, *,
                 cache: Path | None = None) -> CacheEntry:
-    """Copy the local file ``path`` into the cache as if downloaded from ``url_or_handle``.
+    """Copy the local file or folder ``path`` into the cache as if downloaded from
+    ``url_or_handle`` (a folder is stored as a tar of it, see :func:`_import_folder`).
 
     A handle is resolved to the URL that ``load`` would fetch (``mobilevec.hub.artifacts``);
     the hash the registry knows for it applies unless ``sha256`` is given. A mismatch
@@ -379,20 +380,52 @@ def import_file(path: str | Path, url_or_handle: str, sha256: str | None = None,
     entry of that URL otherwise.
     """
     src = Path(path)
+    if src.is_dir():
+        return _import_folder(src, url_or_handle, sha256, cache)
     if not src.is_file():
-        raise DownloadError(f"{src}: no such file to import", path=src)
+        raise DownloadError(f"{src}: no such file or folder to import", path=src)
+    return _import(src, url_or_handle, _check_sha256(sha256), cache, origin=src)
+
+
+def _import(src: Path, url_or_handle: str, sha256: str | None, cache: Path | None, *,
+            origin: Path) -> CacheEntry:
     url, known = _resolve(url_or_handle)
-    want = _check_sha256(sha256) or known
+    want = sha256 or known
     root = _root(cache)
     folder = entry_dir(url, root)
     with _locked(root, url):
         folder.mkdir(parents=True, exist_ok=True)
         try:
             got = _download.download(src.resolve().as_uri(), folder / PART)
-            got = replace(got, final_url=str(src.resolve()))
+            got = replace(got, final_url=str(origin.resolve()))
             return _commit(folder, url, got, want, source="import", name=src.name)
         finally:
             _remove_if_empty(folder)
+
+
+def _import_folder(src: Path, url_or_handle: str, sha256: str | None,
+                   cache: Path | None) -> CacheEntry:
+    """A folder artifact (an .npy folder, a SavedModel) is cached as the deterministic tar
+    of it (:func:`~mobilevec.hub.archive.pack_folder`), with an .npy folder's manifest
+    beside it (``<folder>.MANIFEST.tsv``), and unpacked on first use like any archive.
+    ``sha256``, when given, is the folder's own identity (:func:`mobilevec._io.sha256_tree`)."""
+    import tempfile
+
+    from .._io import sha256_tree
+    from ..formats.npy import MANIFEST_NAME
+    from .archive import pack_folder
+
+    want = _check_sha256(sha256)
+    if want is not None and (actual := sha256_tree(src)) != want:
+        raise DownloadError(f"{src}: sha256 mismatch: the folder's sha256 (mobilevec's tree "
+                            f"hash) is {actual}, not {want}; nothing was imported", path=src)
+    beside = src.with_name(f"{src.name}.{MANIFEST_NAME}")
+    root = _root(cache)
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root, prefix=".import-") as tmp:
+        tar = pack_folder(src, Path(tmp) / f"{src.name}.tar",
+                          (beside,) if beside.is_file() else ())
+        return _import(tar, url_or_handle, None, cache, origin=src)
 
 
 def clear(url: str | None = None, *, cache: Path | None = None) -> int:

@@ -7,13 +7,15 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import WeightsError
+from ..errors import DeviceError, WeightsError
 from ..formats.detect import Weights, read_weights
 from ..formats.safetensors_format import write_safetensors
 from .names import load_tf_variables, logits_classes, to_tf_variables
 from .registry import get_config
 
 if TYPE_CHECKING:
+    import torch
+
     from .mobilenet import MobileNet
 
 log = logging.getLogger(__name__)
@@ -73,3 +75,37 @@ def model_fingerprint(model) -> str:
         digest.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else
                       t.float().numpy().tobytes())
     return digest.hexdigest()
+
+
+def torch_device(name: str) -> torch.device:
+    """The torch device ``name`` ("cpu", "cuda", "cuda:1", "mps"), checked to exist here.
+
+    Raises :class:`~mobilevec.errors.DeviceError` (one line: what is missing and why)
+    instead of torch's AssertionError from deep inside the first ``.to(device)``.
+    """
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as e:
+        raise DeviceError(f"--device {name}: not a torch device ({e}); use cpu, cuda, "
+                          "cuda:N or mps") from None
+    if device.type == "cuda":
+        if torch.version.cuda is None and torch.version.hip is None:
+            raise DeviceError(f"--device {name}: this torch {torch.__version__} is a CPU-only "
+                              "build (no CUDA); install a CUDA build of torch, or use "
+                              "--device cpu")
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceError(f"--device {name}: torch sees no CUDA GPU on this machine; use "
+                              "--device cpu")
+        if device.index is not None and device.index >= count:
+            raise DeviceError(f"--device {name}: there are {count} CUDA GPU(s), numbered "
+                              f"0 to {count - 1}")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise DeviceError(f"--device {name}: Apple's MPS is not available here; use "
+                              "--device cpu")
+    elif device.type != "cpu":
+        raise DeviceError(f"--device {name}: mobilevec runs on cpu, cuda or mps")
+    return device

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
+from .inputs import check_images
 from .layers import ConvBnAct, GlobalAvgPool, InvertedResidual
 from .registry import ModelConfig
 from .specs import ResolvedBlock, ResolvedConv, ResolvedLayer
@@ -31,10 +33,18 @@ def _scaled_input(x: torch.Tensor) -> torch.Tensor:
     return x * 2.0 - 1.0
 
 
+def _compiling() -> bool:
+    """Tracing or compiling: the value check (a data-dependent read) is skipped."""
+    compiler = getattr(torch, "compiler", None)
+    return torch.jit.is_tracing() or bool(compiler and compiler.is_compiling())
+
+
 class MobileNet(nn.Module):
     """A TF-Slim MobileNet V2/V3 with the TF Hub feature-vector contract.
 
-    ``forward(x)``: ``x`` float32 NCHW RGB in [0, 1], any H, W ≥ 32 → ``(N, num_features)``
+    ``forward(x)``: ``x`` float32 NCHW RGB in [0, 1], any H, W ≥ 32 (the contract of
+    :mod:`mobilevec.models.inputs`: a tensor, or a numpy array for a numpy result) →
+    ``(N, num_features)``
     (1280 for V2 ≤ 1.0, 1024 for V3 Small, 1280 for V3 Large). ``layers`` is keyed by the
     TF-Slim scopes of the architecture table, in order. ``classifier`` is the optional
     ``Logits/Conv2d_1c_1x1`` head (present when the weights carry one): see :meth:`logits`.
@@ -70,33 +80,50 @@ class MobileNet(nn.Module):
         return self.num_features
 
     # --- the hub contract -------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    # Each public entry point checks the input (mobilevec.models.inputs) once and takes a
+    # tensor or a numpy array: numpy in, numpy out (computed without gradients), as the
+    # engines do.
+    def forward(self, x: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
         if self.output == "logits":
             return self.logits(x)
-        return self.features(x)
+        return self._run(x, "features")
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
         """The ``(N, num_features)`` feature vector of float32 NCHW RGB in [0, 1]."""
-        x = _scaled_input(x)
-        for layer in self.layers.values():
-            x = layer(x)
-        return x.flatten(1)
+        return self._run(x, "features")
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
         """The last spatial feature map (before global pooling), NCHW."""
-        x = _scaled_input(x)
-        for layer in self.layers.values():
-            if isinstance(layer, GlobalAvgPool):
-                break
-            x = layer(x)
-        return x
+        return self._run(x, "map")
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
+    def logits(self, x: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
         """Classifier logits; with TF-Slim weights index 0 is the background class."""
         if self.classifier is None:
             raise RuntimeError(f"{self.config.name} has no classifier: its weights carry no "
                                "Logits/Conv2d_1c_1x1 layer")
-        return self.classifier(self.features(x))
+        return self._run(x, "logits")
+
+    def _run(self, x: torch.Tensor | np.ndarray, what: str) -> torch.Tensor | np.ndarray:
+        if not _compiling():
+            check_images(x, who=f"{self.config.name} (torch module)")
+        param = next(self.parameters())
+        if isinstance(x, np.ndarray):
+            t = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(param.device,
+                                                                         param.dtype)
+            with torch.no_grad():
+                return self._compute(t, what).cpu().float().numpy()
+        if x.dtype != param.dtype:  # float64 / float16 in: the parameters' precision
+            x = x.to(param.dtype)
+        return self._compute(x, what)
+
+    def _compute(self, x: torch.Tensor, what: str) -> torch.Tensor:
+        x = _scaled_input(x)
+        for layer in self.layers.values():
+            if what == "map" and isinstance(layer, GlobalAvgPool):
+                return x
+            x = layer(x)
+        x = x.flatten(1)
+        return self.classifier(x) if what == "logits" else x
 
     def set_num_classes(self, num_classes: int, background_class: bool = False) -> None:
         """Attach a fresh ``Logits/Conv2d_1c_1x1`` head (dropout is not part of inference)."""

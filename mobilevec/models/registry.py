@@ -10,6 +10,8 @@ weights artifacts (:mod:`mobilevec.hub.artifacts`) point at a config, so that ``
 
 from __future__ import annotations
 
+import difflib
+import re
 from dataclasses import dataclass
 
 from ..errors import UnknownModelError
@@ -94,18 +96,27 @@ def _build_registry() -> dict[str, ModelConfig]:
 MODELS: dict[str, ModelConfig] = _build_registry()
 
 
+def _natural_key(name: str) -> list[int | str]:
+    """Numbers compared as numbers: ``..._96`` before ``..._224``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def list_models() -> list[str]:
-    """Names accepted by :func:`mobilevec.create`, sorted."""
-    return sorted(MODELS)
+    """Names accepted by :func:`mobilevec.create`, in natural order (V2 before V3, smaller
+    multipliers and sizes first: ``mobilenet_v2_035_96`` before ``mobilenet_v2_035_224``)."""
+    return sorted(MODELS, key=_natural_key)
 
 
 def get_config(name: str) -> ModelConfig:
-    """The :class:`ModelConfig` of a model name; unknown names list the known ones."""
+    """The :class:`ModelConfig` of a model name; an unknown name gets the closest known
+    ones ("did you mean") and the list of all."""
     try:
         return MODELS[name]
-    except KeyError:
-        raise UnknownModelError(
-            f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+    except (KeyError, TypeError):
+        close = difflib.get_close_matches(str(name), list(MODELS), n=3, cutoff=0.6)
+        hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+        raise UnknownModelError(f"unknown model {name!r}{hint}; known models (`mobilevec "
+                                f"list`): {', '.join(list_models())}") from None
 
 
 def infer_model(shapes: dict[str, tuple[int, ...]], image_size: int | None = None) -> str:

@@ -113,3 +113,35 @@ def evaluate_folder(classifier: Classifier, spec: dict, data_dir: str | Path, *,
     label_of = dict(zip(files.paths, files.labels, strict=True))
     labels = np.asarray([label_of[p] for p in predictions.paths], dtype=np.int64)
     return Evaluation(labels, predictions)
+
+
+def seen_in_training(spec: dict, paths: Sequence[str | Path]) -> dict[str, list[Path]]:
+    """Which of ``paths`` the run saw: ``{"train": [...], "val": [...]}``, the files that
+    ``run.json`` lists as its training images and as the validation images that picked the
+    kept epoch (compared as resolved paths, so a copy elsewhere is not recognised; a run
+    trained with a relative DATA_DIR is matched from the folder it was trained in)."""
+    data = spec.get("data") or {}
+    recorded = {}
+    for split, folder in (("train", data.get("train_dir")),
+                          ("val", data.get("val_dir") or data.get("train_dir"))):
+        files = data.get(f"{split}_files") or []
+        if folder is None:
+            recorded[split] = set()
+            continue
+        root = Path(folder)
+        recorded[split] = {_resolved(root / f if not Path(f).is_absolute() else Path(f))
+                           for f in files}
+    seen: dict[str, list[Path]] = {"train": [], "val": []}
+    for path in paths:
+        resolved = _resolved(Path(path))
+        for split in seen:
+            if resolved in recorded.get(split, ()):
+                seen[split].append(Path(path))
+    return seen
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except OSError:
+        return path.absolute()
