@@ -813,6 +813,8 @@ def _dtype_name(code: int) -> str:
 def is_tflite(path: str | Path) -> bool:
     """True if the file's bytes 4..8 are the TFLite identifier ``TFL3`` (content, not name)."""
     try:
+        if not Path(path).is_file():  # a FIFO or device would block or never end
+            return False
         with open(path, "rb") as fh:
             head = fh.read(8)
     except OSError:
