@@ -54,7 +54,7 @@ def full_v2_file(folder: Path) -> Path | None:
     path = folder / "v2_100.h5"
     with h5py.File(path, "w") as f:
         layers = []
-        for i, (name, array) in enumerate(sorted(variables.items())):
+        for i, (_name, array) in enumerate(sorted(variables.items())):
             layer = f"layer_{i}"
             layers.append(layer.encode())
             group = f.create_group(layer)

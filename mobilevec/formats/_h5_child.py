@@ -199,29 +199,32 @@ def _limit(memory: int, cpu: float) -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 1))
 
 
+def answer(path: str) -> bytes:
+    """What the child writes to stdout for ``path``: ``OK`` + safetensors, or ``ER`` + JSON."""
+    from safetensors.numpy import save
+
+    try:
+        layers, arrays, keras3 = read_raw(path)
+        return b"OK" + save(arrays, metadata={"layers": json.dumps(layers),
+                                              "keras3": str(keras3)})
+    except Refused as e:
+        error = {"message": str(e), "variable": e.variable}
+    except MemoryError:
+        error = {"message": "ran out of its memory limit reading the file (a crafted or "
+                            "corrupt file)"}
+    except Exception as e:  # h5py raises OSError, KeyError, ValueError, RuntimeError ...
+        error = {"message": f"not a readable HDF5 file ({type(e).__name__}: {e})"[:2000]}
+    return b"ER" + json.dumps(error).encode()
+
+
 def main(argv: list[str]) -> int:
     path, memory, cpu = argv[1], int(argv[2]), float(argv[3])
     import h5py  # noqa: F401  (imported before the limits: its libraries are not the budget)
     import numpy as np  # noqa: F401
-    from safetensors.numpy import save
+    import safetensors.numpy  # noqa: F401
 
     _limit(memory, cpu)
-    out = sys.stdout.buffer
-    try:
-        layers, arrays, keras3 = read_raw(path)
-        blob = save(arrays, metadata={"layers": json.dumps(layers), "keras3": str(keras3)})
-    except Refused as e:
-        out.write(b"ER" + json.dumps({"message": str(e), "variable": e.variable}).encode())
-        return 0
-    except MemoryError:
-        out.write(b"ER" + json.dumps({"message": "ran out of its memory limit reading the "
-                                      "file (a crafted or corrupt file)"}).encode())
-        return 0
-    except Exception as e:  # h5py raises OSError, KeyError, ValueError, RuntimeError ...
-        message = f"not a readable HDF5 file ({type(e).__name__}: {e})"
-        out.write(b"ER" + json.dumps({"message": message[:2000]}).encode())
-        return 0
-    out.write(b"OK" + blob)
+    sys.stdout.buffer.write(answer(path))
     return 0
 
 

@@ -8,12 +8,13 @@ shape, dtype and sha256 columns are checked when present.
 The manifest is part of the artifact, so it may only name plain files inside the
 directory: no absolute paths, no ``..``, no symbolic links. Each file must be a ``.npy``
 (format 1.0 or 2.0) of a plain numeric dtype whose header accounts for exactly the bytes
-that follow it; the header is parsed with numpy's own reader (no pickle), the data is
-checked against the file size before it is read.
+that follow it; the header is parsed as a literal (no pickle, no numpy internals) and the
+data checked against the file size before it is read.
 """
 
 from __future__ import annotations
 
+import ast
 import csv
 import hashlib
 import io
@@ -93,32 +94,45 @@ def _member(directory: Path, manifest: Path, name: str | None, variable: str) ->
     return path
 
 
-def _load_npy(file: Path, data: bytes, variable: str) -> np.ndarray:
-    """The array of a ``.npy`` file's bytes; WeightsError unless the header fits the size."""
+def _npy_header(file: Path, data: bytes, variable: str) -> tuple[np.dtype, tuple, bool, int]:
+    """(dtype, shape, fortran order, data offset) from a format 1.0 / 2.0 header, parsed
+    strictly: a literal dict of exactly ``descr`` (a plain dtype string), ``fortran_order``
+    and ``shape`` (a tuple of integers)."""
+    def bad(why: str) -> WeightsError:
+        return WeightsError(file, f"not a readable .npy header ({why})", variable=variable)
+
     if not data.startswith(_NPY_MAGIC) or len(data) < 10:
         raise WeightsError(file, "not a .npy file (no \\x93NUMPY magic)", variable=variable)
-    stream = io.BytesIO(data)
+    major = data[6]
+    if major not in (1, 2):
+        raise bad(f"format version {major}.{data[7]} not supported")
+    start = 10 if major == 1 else 12
+    length = int.from_bytes(data[8:start], "little")
+    if length > _MAX_HEADER or start + length > len(data):
+        raise bad(f"header of {length} bytes in a {len(data)}-byte file")
     try:
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(
-                stream, max_header_size=_MAX_HEADER)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(
-                stream, max_header_size=_MAX_HEADER)
-        else:
-            raise ValueError(f".npy format version {version[0]}.{version[1]} not supported")
-    except (ValueError, SyntaxError, TypeError, OverflowError, RecursionError, EOFError,
-            UnicodeDecodeError, MemoryError) as e:
-        raise WeightsError(file, f"not a readable .npy header ({e})", variable=variable) from None
-    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None \
-            or dtype.kind not in "biuf" or dtype.itemsize == 0:
-        raise WeightsError(file, f"dtype {dtype} is not a plain number type",
-                           variable=variable)
-    if not isinstance(shape, tuple):
-        raise WeightsError(file, f"shape {shape!r} is not a tuple", variable=variable)
+        header = ast.literal_eval(data[start:start + length].decode("latin1"))
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as e:
+        raise bad(f"{type(e).__name__}: {e}") from None
+    if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
+        raise bad("expected a dict of descr, fortran_order and shape")
+    descr, fortran, shape = header["descr"], header["fortran_order"], header["shape"]
+    if not isinstance(descr, str) or not isinstance(fortran, bool) or not isinstance(
+            shape, tuple) or any(type(d) is not int for d in shape):
+        raise bad(f"descr {descr!r}, fortran_order {fortran!r}, shape {shape!r}")
+    try:
+        dtype = np.dtype(descr)
+    except (TypeError, ValueError) as e:
+        raise bad(f"dtype {descr!r}: {e}") from None
+    if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+        raise WeightsError(file, f"dtype {dtype} is not a plain number type", variable=variable)
+    return dtype, shape, fortran, start + length
+
+
+def _load_npy(file: Path, data: bytes, variable: str) -> np.ndarray:
+    """The array of a ``.npy`` file's bytes; WeightsError unless the header fits the size."""
+    dtype, shape, fortran, offset = _npy_header(file, data, variable)
     nbytes = _limits.tensor_bytes(file, shape, dtype.itemsize, variable)
-    offset = stream.tell()
     if offset + nbytes != len(data):
         raise WeightsError(file, f"header says {nbytes} bytes of {dtype} {list(shape)}, the "
                            f"file holds {len(data) - offset}", variable=variable)

@@ -552,7 +552,10 @@ def _prefix_from_state_file(directory: Path) -> Path:
     match = _STATE_LINE.search(text.decode("utf-8", errors="replace"))
     if not match:
         raise WeightsError(state, "no model_checkpoint_path in the checkpoint state file")
-    named = Path(re.sub(r"\\(.)", r"\1", match.group(1)))
+    text_path = re.sub(r"\\(.)", r"\1", match.group(1))
+    if "\x00" in text_path:
+        raise WeightsError(state, "model_checkpoint_path holds a NUL byte")
+    named = Path(text_path)
     candidate = named if named.is_absolute() else directory / named
     # The state file may name the prefix only inside its own folder: an artifact never
     # points the reader at other files on the machine. Absolute paths also go stale when
