@@ -61,7 +61,7 @@ class Outcome:
     kind: str
     detail: str = ""
     cpu_seconds: float = 0.0
-    rss_growth: int = 0  # peak resident bytes beyond what the parent held at the fork
+    rss_growth: int = 0  # peak resident bytes of the child beyond what it held at the call
 
 
 @dataclass
@@ -105,16 +105,19 @@ def run_in_child(call: Callable[[], object], budget: int, cpu: int = CPU_SECONDS
     parent's and ``cpu`` seconds of CPU; classify how it ended."""
     from mobilevec.errors import WeightsError
 
-    held, resident = _address_space(), _resident_bytes()
+    held = _address_space()
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: limits, the call, one line of result, no cleanup handlers
         os.close(read_end)
-        kind, detail = "crash:setup", ""
+        kind, detail, base = "crash:setup", "", 0
         try:
             limit = held + budget
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
             resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+            # A forked child starts with fewer resident pages than its parent (shared
+            # library pages are faulted in lazily), so growth is measured from here.
+            base = _resident_bytes()
             try:
                 call()
                 kind = "ok"
@@ -126,8 +129,9 @@ def run_in_child(call: Callable[[], object], budget: int, cpu: int = CPU_SECONDS
                 kind = f"raw:{type(e).__name__}"
                 detail = "".join(traceback.format_exception(e)[-3:])[-1500:]
         finally:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
             with open(write_end, "w") as out:
-                out.write(json.dumps([kind, detail]))
+                out.write(json.dumps([kind, detail, max(0, peak - base)]))
             os._exit(0)
     os.close(write_end)
     deadline = time.monotonic() + wall
@@ -151,14 +155,14 @@ def run_in_child(call: Callable[[], object], budget: int, cpu: int = CPU_SECONDS
         time.sleep(0.001)
     with open(read_end) as f:
         text = f.read()
-    cpu_used, growth = _cpu(usage), max(0, usage.ru_maxrss * 1024 - resident)
+    cpu_used, growth = _cpu(usage), 0
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         kind = "cpu" if sig in (signal.SIGXCPU, signal.SIGKILL) and cpu_used >= cpu - 0.1 \
             else f"crash:{signal.Signals(sig).name}"
         return Outcome(kind, "", cpu_used, growth)
     try:
-        kind, detail = json.loads(text)
+        kind, detail, growth = json.loads(text)
     except ValueError:
         kind, detail = "crash:no-answer", text[:200]
     return Outcome(kind, detail, cpu_used, growth)

@@ -73,3 +73,5 @@ def test_the_harness_sees_a_hang_a_memory_blow_up_and_a_raw_exception():
         raise WeightsError("f", "no")
 
     assert harness.run_in_child(refuse, 1 << 26).kind == "weights_error"
+    grown = harness.run_in_child(lambda: bytearray(b"x" * (48 << 20)), 1 << 30)
+    assert grown.kind == "ok" and 40 << 20 < grown.rss_growth < 120 << 20

@@ -463,3 +463,16 @@ def test_read_weights_reports_a_reader_slip_as_weights_error(tmp_path, monkeypat
     with pytest.raises(WeightsError, match="struct.error|unpack requires") as info:
         read_weights(path)
     assert info.value.path == str(path)
+
+
+def test_fifos_in_place_of_artifact_files_never_block(tmp_path):
+    data = np.float32([1]).tobytes()
+    prefix = _bundle(tmp_path, [(b"w", _entry(1, (1,), 0, data))], data)
+    shard = Path(f"{prefix}.data-00000-of-00001")
+    shard.unlink()
+    os.mkfifo(shard)
+    refused_quickly(lambda: read_tensor_bundle(prefix), "not a regular file")
+    for name, read in (("w.safetensors", read_safetensors), ("w.h5", keras_h5.read_keras_h5),
+                       ("m.tflite", tflite.read_tflite)):
+        os.mkfifo(tmp_path / name)
+        refused_quickly(lambda r=read, n=name: r(tmp_path / n), "regular file")

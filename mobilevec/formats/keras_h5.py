@@ -159,6 +159,8 @@ def read_raw_sandboxed(path: Path) -> tuple[list[tuple[str, list[str]]], dict, b
     from .._optional import require
 
     require("h5py", "h5", purpose="reading Keras .h5 weights")
+    if not path.is_file():
+        raise WeightsError(path, "no such file (or not a regular file)")
     try:
         size = path.stat().st_size
     except OSError as e:

@@ -101,6 +101,8 @@ def _entries(path: Path, header: dict,
 
 def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
     p = Path(path)
+    if not p.is_file():
+        raise WeightsError(p, "no such file (or not a regular file)")
     try:
         with p.open("rb") as f:
             header, _ = _read_header(p, f, os.fstat(f.fileno()).st_size)
@@ -112,6 +114,8 @@ def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
 def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
     """Every tensor, checked against the file before any is read (BF16 widened to float32)."""
     p = Path(path)
+    if not p.is_file():
+        raise WeightsError(p, "no such file (or not a regular file)")
     try:
         with p.open("rb") as f:
             file_size = os.fstat(f.fileno()).st_size

@@ -658,6 +658,9 @@ def _read_bundle_at(prefix: Path) -> dict[str, np.ndarray]:
         shard_path = _data_path(prefix, shard, header.num_shards)
         wanted = sorted((e for e in entries if e.shard_id == shard), key=lambda e: e.offset)
         _check_disjoint(shard_path, wanted)
+        if not shard_path.is_file():  # also keeps a FIFO of that name from blocking
+            raise WeightsError(shard_path, "data shard missing or not a regular file",
+                               variable=wanted[0].name)
         try:
             handle = open(shard_path, "rb")  # noqa: SIM115  (closed below, one per shard)
         except OSError as exc:

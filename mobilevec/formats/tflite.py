@@ -334,6 +334,8 @@ class _Model:
 
 
 def _load_bytes(path: Path) -> bytes:
+    if path.exists() and not path.is_file():
+        raise WeightsError(path, "not a regular file")
     try:
         return path.read_bytes()
     except FileNotFoundError:
