@@ -167,6 +167,7 @@ class CacheEntry:
     created: str
     final_url: str | None = None
     derived: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
+    md5: str | None = None  # the publisher's md5, when one was pinned
 
     @property
     def key(self) -> str:
@@ -189,7 +190,8 @@ class CacheEntry:
                    size=meta["size"], sha256=meta["sha256"],
                    sha256_source=meta.get("sha256_source", "recorded"),
                    source=meta.get("source", "download"), created=meta.get("created", ""),
-                   final_url=meta.get("final_url"), derived=dict(meta.get("derived") or {}))
+                   final_url=meta.get("final_url"), derived=dict(meta.get("derived") or {}),
+                   md5=meta.get("md5"))
 
 
 def get_entry(url: str, cache: Path | None = None) -> CacheEntry | None:

@@ -173,7 +173,9 @@ def _resolve_and_read(handle: str | Path, *, ema: bool, offline: bool | None, pr
             log.warning("%s; rebuilding it from the original, re-verified", e)
             _cache.drop_derived(resolved.url, cache)
         except WeightsError as e:
-            if resolved.entry is None or attempt:
+            entry = _cache.get_entry(resolved.url, cache) if resolved.url else None
+            pinned = entry is not None and (entry.sha256_source == "registry" or entry.md5)
+            if resolved.entry is None or attempt or pinned:  # the same bytes would come back
                 raise
             clear = _cache.CLEAR_HINT.format(resolved.handle)
             if offline_now and urlsplit(resolved.url).scheme != "file":
