@@ -528,11 +528,21 @@ def _mutate_once(seed: _seeds.Seed, files: dict[str, bytes], rng: random.Random)
 def reader(fmt: str) -> Callable[[Path], object]:
     """The reader the fuzz holds to the contract, for one format."""
     if fmt == "h5":
+        from mobilevec.errors import WeightsError
         from mobilevec.formats import _h5_child
         from mobilevec.formats.keras_h5 import _child_answer, variables_from_raw
 
         def read_h5(path: Path) -> object:
-            done = subprocess.CompletedProcess([], 0, _h5_child.answer(str(path)), b"")
+            # What the sandbox child does, minus its catch-all: h5py's own errors for a
+            # corrupt file and the child's refusals are the expected ends; any other
+            # exception is a bug in mobilevec's code and counts as one.
+            try:
+                raw = _h5_child.read_raw(str(path))
+            except _h5_child.Refused as e:
+                raise WeightsError(path, str(e), e.variable) from e
+            except _h5_child.HDF5_ERRORS as e:
+                raise WeightsError(path, f"not a readable HDF5 file ({e})") from e
+            done = subprocess.CompletedProcess([], 0, _h5_child.encode_answer(*raw), b"")
             return variables_from_raw(path, *_child_answer(path, done))
 
         return read_h5

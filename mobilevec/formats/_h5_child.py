@@ -53,6 +53,10 @@ def _text(value) -> str:
             raise Refused(f"name {value[:80]!r} is not UTF-8") from None
     if not isinstance(value, str):
         raise Refused(f"name of type {type(value).__name__}, expected a string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # h5py keeps undecodable bytes as surrogates
+        raise Refused(f"name {value[:80]!r} is not UTF-8") from None
     return value
 
 
@@ -199,14 +203,20 @@ def _limit(memory: int, cpu: float) -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 1))
 
 
-def answer(path: str) -> bytes:
-    """What the child writes to stdout for ``path``: ``OK`` + safetensors, or ``ER`` + JSON."""
+# What h5py raises for a file that HDF5 cannot read (corrupt structures, bad offsets).
+HDF5_ERRORS = (OSError, KeyError, RuntimeError, ValueError)
+
+
+def encode_answer(layers: list[tuple[str, list[str]]], arrays: dict, keras3: bool) -> bytes:
     from safetensors.numpy import save
 
+    return b"OK" + save(arrays, metadata={"layers": json.dumps(layers), "keras3": str(keras3)})
+
+
+def answer(path: str) -> bytes:
+    """What the child writes to stdout for ``path``: ``OK`` + safetensors, or ``ER`` + JSON."""
     try:
-        layers, arrays, keras3 = read_raw(path)
-        return b"OK" + save(arrays, metadata={"layers": json.dumps(layers),
-                                              "keras3": str(keras3)})
+        return encode_answer(*read_raw(path))
     except Refused as e:
         error = {"message": str(e), "variable": e.variable}
     except MemoryError:
