@@ -247,6 +247,17 @@ def test_latin1_manifest_is_a_weights_error(tmp_path):
     refused_quickly(lambda: read_npy_dir(folder), "not UTF-8")
 
 
+@pytest.mark.parametrize("descr", ["i4,(2", "[('a', '<f4')]", "|O", "<U3", "(2,)<f4", "V8"])
+def test_npy_descr_other_than_a_plain_number_is_refused(tmp_path, descr):
+    # np.dtype("i4,(2") raises SyntaxError: found by fuzz/atheris_target.py.
+    folder = _npy_dir(tmp_path / "w", ["a.npy\tMobilenetV2/x"])
+    header = f"{{'descr': {descr!r}, 'fortran_order': False, 'shape': (1,), }}".encode()
+    header += b" " * (117 - len(header)) + b"\n"
+    (folder / "a.npy").write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", 118) + header
+                                   + bytes(8))
+    refused_quickly(lambda: read_npy_dir(folder), "not a plain number type")
+
+
 def test_pickled_npy_is_refused(tmp_path):
     folder = _npy_dir(tmp_path / "w", ["a.npy\tMobilenetV2/x"])
     np.save(folder / "a.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
