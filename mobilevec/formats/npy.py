@@ -67,13 +67,15 @@ def _read_manifest(manifest: Path) -> list[dict[str, str | None]]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise WeightsError(manifest, f"manifest is not UTF-8 ({e})") from None
+    rows = []
     try:
-        rows = list(csv.DictReader(io.StringIO(text, newline=""), delimiter="\t"))
+        for row in csv.DictReader(io.StringIO(text, newline=""), delimiter="\t"):
+            rows.append(row)  # counted as read: no list of a million rows first
+            _limits.check_count(manifest, len(rows), "manifest rows")
     except csv.Error as e:
         raise WeightsError(manifest, f"malformed manifest ({e})") from None
     if not rows or not {"file", "tf_slim_variable"} <= set(rows[0]):
         raise WeightsError(manifest, "manifest needs the columns 'file' and 'tf_slim_variable'")
-    _limits.check_count(manifest, len(rows), "manifest rows")
     return rows
 
 
