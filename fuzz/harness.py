@@ -158,7 +158,9 @@ def run_in_child(call: Callable[[], object], budget: int, cpu: int = CPU_SECONDS
     cpu_used, growth = _cpu(usage), 0
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        kind = "cpu" if sig in (signal.SIGXCPU, signal.SIGKILL) and cpu_used >= cpu - 0.1 \
+        # SIGXCPU comes only at the soft CPU limit (rusage may read a tick below it);
+        # SIGKILL at the hard one.
+        kind = "cpu" if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_used >= cpu) \
             else f"crash:{signal.Signals(sig).name}"
         return Outcome(kind, "", cpu_used, growth)
     try:
