@@ -61,6 +61,14 @@ class OfflineError(DownloadError):
     """Offline mode is on and the artifact is not in the cache (no network was tried)."""
 
 
+class CorruptCacheError(DownloadError):
+    """A cached file no longer matches the sha256 its entry recorded (edited or damaged).
+
+    ``mobilevec.load`` rebuilds derived files from a verified original and downloads an
+    original again; the message says how to remove the entry by hand.
+    """
+
+
 # --- inputs and outputs --------------------------------------------------------------------
 
 class ImageError(MobilevecError):

@@ -3,7 +3,10 @@
 It serves bytes the test puts in ``files`` (path -> bytes; the query string is ignored),
 logs every request, answers ``Range: bytes=N-`` with 206 (honouring ``If-Range`` against
 its ETag), follows ``redirects`` (path -> path or URL, answered with 302), and can cut or
-stall one response mid-stream (:meth:`LocalServer.cut`)::
+stall one response mid-stream (:meth:`LocalServer.cut`). Hostile servers for the tests of
+issue 18: ``types`` (a Content-Type such as text/html), ``lengths`` (a Content-Length that
+cuts the body short), ``drip`` (one byte per interval), ``endless`` (no length, zeros
+forever)::
 
     with LocalServer() as server:
         server.files["/model.tgz"] = data
@@ -46,6 +49,10 @@ class LocalServer:
     redirects: dict[str, str] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)  # path -> Content-Disposition name
     delay: dict[str, float] = field(default_factory=dict)  # path -> seconds per 64 KiB
+    types: dict[str, str] = field(default_factory=dict)  # path -> Content-Type
+    lengths: dict[str, int] = field(default_factory=dict)  # path -> a lying Content-Length
+    drip: dict[str, float] = field(default_factory=dict)  # path -> seconds per byte
+    endless: set[str] = field(default_factory=set)  # paths streamed forever, no length
     ranges: bool = True  # False: ignore Range and always send the whole file (200)
     log: list[Request] = field(default_factory=list)
 
@@ -126,6 +133,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
+        if path in owner.endless:
+            self._send_endless()
+            return
         data = owner.files.get(path)
         if data is None:
             self.send_error(404)
@@ -141,9 +151,11 @@ class _Handler(BaseHTTPRequestHandler):
         if start is not None:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         start = start or 0
+        if path in owner.lengths:  # the server lies: the body ends where it says
+            data = data[:start + owner.lengths[path]]
         self.send_header("Content-Length", str(len(data) - start))
         self.send_header("ETag", etag_of(data))
-        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Type", owner.types.get(path, "application/octet-stream"))
         if path in owner.names:
             self.send_header("Content-Disposition", f'attachment; filename="{owner.names[path]}"')
         self.end_headers()
@@ -160,11 +172,32 @@ class _Handler(BaseHTTPRequestHandler):
             return None  # the file changed: the client gets it whole
         return int(m[1])
 
+    def _send_endless(self) -> None:
+        """200 with no Content-Length, then zeros until the client hangs up."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.end_headers()
+        self.close_connection = True
+        try:
+            while True:
+                self.wfile.write(bytes(CHUNK))
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            pass
+
     def _send_body(self, owner: LocalServer, path: str, payload: bytes) -> None:
         cut = owner._take_cut(path)
         if cut is not None:
             payload = payload[:cut.after]
         delay = owner.delay.get(path, 0.0)
+        if path in owner.drip:
+            try:
+                for i in range(len(payload)):
+                    self.wfile.write(payload[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(owner.drip[path])
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
+            return
         try:
             for i in range(0, len(payload), CHUNK):
                 self.wfile.write(payload[i:i + CHUNK])

@@ -65,8 +65,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from ..hub.cache import import_file
+    from ..hub.loader import validate_artifact
 
-    entry = import_file(args.file, args.handle, sha256=args.sha256)
+    entry = import_file(args.file, args.handle, sha256=args.sha256, validate=validate_artifact,
+                        unpack=True)
     print(f"imported {args.file} as {entry.url}\n  -> {entry.file} (sha256 {entry.sha256}, "
           f"{entry.sha256_source})")
     return EXIT_OK
@@ -100,7 +102,8 @@ def add_commands(subparsers) -> None:
     add_json_option(q)
     q.set_defaults(func=cmd_list)
 
-    q = sub.add_parser("verify", help="re-hash every cached file (exit 1 if any is bad)")
+    q = sub.add_parser("verify", help="re-hash every cached file and every file derived from "
+                                      "it (exit 1 if any is bad)")
     add_json_option(q)
     q.set_defaults(func=cmd_verify)
 

@@ -98,8 +98,30 @@ def last(fields: dict[int, list[Value]], number: int, default: Value | None = No
     return values[-1] if values else default
 
 
+def get_int(fields: dict[int, list[Value]], number: int, default: int = 0) -> int:
+    """A singular integer field (varint or fixed); a length-delimited value is an error."""
+    value = last(fields, number)
+    if value is None:
+        return default
+    if not isinstance(value, int):
+        raise ProtobufError(f"field {number}: expected a number, got a length-delimited value")
+    return value
+
+
+def get_int64(fields: dict[int, list[Value]], number: int, default: int = 0) -> int:
+    """A singular ``int64`` / ``int32`` field, sign restored (see :func:`as_int64`)."""
+    return as_int64(get_int(fields, number, default))
+
+
+def get_messages(fields: dict[int, list[Value]], number: int) -> list[dict[int, list[Value]]]:
+    """Every occurrence of a repeated embedded-message field, parsed."""
+    return [as_message(value) for value in fields.get(number, [])]
+
+
 def as_int64(value: int) -> int:
     """Reinterpret an unsigned varint as a two's-complement int64 (negative int32/64 fields)."""
+    if not isinstance(value, int):
+        raise ProtobufError("expected a number, got a length-delimited value")
     value &= (1 << 64) - 1
     return value - (1 << 64) if value >> 63 else value
 

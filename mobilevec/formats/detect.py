@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import WeightsError
+from ..errors import MobilevecError, WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,18 @@ def read_weights(path: str | Path, *, ema: bool = True) -> Weights:
     fmt = detect_format(p)
     _, module, _, reader = next(f for f in _FORMATS if f[0] == fmt)
     kwargs = {"ema": ema} if fmt == "tf_checkpoint" else {}
-    variables = _function(module, reader)(p, **kwargs)
+    try:
+        variables = _function(module, reader)(p, **kwargs)
+    except MobilevecError:
+        raise
+    except (ArithmeticError, LookupError, MemoryError, OSError, RecursionError, TypeError,
+            ValueError, struct.error) as e:
+        # Every reader checks its input and raises WeightsError itself (the fuzz tests hold
+        # them to it); this is the last line, so that a reader's slip still reaches the
+        # caller as the documented error, naming the file.
+        log.warning("%s reader raised %s on %s; reported as WeightsError", fmt,
+                    type(e).__name__, p, exc_info=True)
+        raise WeightsError(p, f"unreadable {fmt} artifact ({type(e).__name__}: {e})") from e
     if not variables:
         raise WeightsError(p, f"the {fmt} artifact holds no variables")
     variables = {k: (v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v)

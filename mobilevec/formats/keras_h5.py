@@ -14,7 +14,12 @@ TF-Slim background class was dropped.
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -87,49 +92,137 @@ def _translate(layer: str, rules) -> str | None:
     return None
 
 
-def _text(value) -> str:
-    return value.decode("utf8") if isinstance(value, bytes) else str(value)
-
-
 def read_keras_h5(path: str | Path) -> dict[str, np.ndarray]:
-    """TF-Slim variables (``MobilenetV2/...`` or ``MobilenetV3/...``) from a Keras ``.h5``."""
-    import h5py
+    """TF-Slim variables (``MobilenetV2/...`` or ``MobilenetV3/...``) from a Keras ``.h5``.
 
+    The file is parsed in a child process with a time and memory limit
+    (:mod:`mobilevec.formats._h5_child`); links, external storage, virtual and
+    fill-value datasets are refused before any data is read.
+    """
     p = Path(path)
-    try:
-        f = h5py.File(p, "r")
-    except OSError as e:
-        raise WeightsError(p, f"not a readable HDF5 file ({e})") from e
-    with f:
-        root = f.get("model_weights", f)
-        if "layer_names" not in root.attrs:
-            hint = (" (Keras 3 '.weights.h5' files key layers by class counters; save with "
-                    "model.save('x.h5') instead)" if "layers" in f else "")
-            raise WeightsError(p, "no 'layer_names' attribute: not a Keras weights file" + hint)
-        layers = [_text(n) for n in root.attrs["layer_names"]]
-        if {"Conv1", "bn_Conv1"} & set(layers):
-            root_scope, rules = "MobilenetV2", _V2
-        else:
-            root_scope, rules = "MobilenetV3", _V3_KERAS3 + _V3_KERAS2
-        variables: dict[str, np.ndarray] = {}
-        for layer in layers:
-            group = root[layer]
-            weight_names = [_text(n) for n in group.attrs.get("weight_names", [])]
-            if not weight_names:
-                continue  # activations, pads, pools: no weights
-            scope = _translate(layer, rules)
-            if scope is None:
-                raise WeightsError(p, f"Keras layer {layer!r} has weights but no TF-Slim "
-                                   f"counterpart in a {root_scope}", variable=layer)
-            for weight in weight_names:
-                short = weight.split("/")[-1].removesuffix(":0")
-                if short not in _WEIGHT_NAMES:
-                    raise WeightsError(p, f"unexpected weight {short!r}", variable=weight)
-                try:
-                    array = np.asarray(group[weight][()])
-                except (KeyError, OSError) as e:
-                    raise WeightsError(p, f"unreadable dataset ({e})", variable=weight) from e
-                if layer == "predictions":  # Dense [D, K] ≡ 1×1 conv [1, 1, D, K]
-                    array = array.reshape(1, 1, *array.shape) if array.ndim == 2 else array
-                variables[f"{root_scope}/{scope}/{tf_weight_name(scope, short)}"] = array
+    layers, arrays, keras3 = read_raw_sandboxed(p)
+    return variables_from_raw(p, layers, arrays, keras3)
+
+
+def variables_from_raw(p: Path, layers: list[tuple[str, list[str]]], arrays: dict,
+                       keras3_weights_file: bool = False) -> dict[str, np.ndarray]:
+    """Map the raw datasets of a Keras ``.h5`` (see :func:`read_raw_sandboxed`) to
+    TF-Slim variables."""
+    if not layers:
+        hint = (" (Keras 3 '.weights.h5' files key layers by class counters; save with "
+                "model.save('x.h5') instead)" if keras3_weights_file else "")
+        raise WeightsError(p, "no 'layer_names' attribute: not a Keras weights file" + hint)
+    names = {layer for layer, _ in layers}
+    if {"Conv1", "bn_Conv1"} & names:
+        root_scope, rules = "MobilenetV2", _V2
+    else:
+        root_scope, rules = "MobilenetV3", _V3_KERAS3 + _V3_KERAS2
+    variables: dict[str, np.ndarray] = {}
+    for i, (layer, weight_names) in enumerate(layers):
+        if not weight_names:
+            continue  # activations, pads, pools: no weights
+        scope = _translate(layer, rules)
+        if scope is None:
+            raise WeightsError(p, f"Keras layer {layer!r} has weights but no TF-Slim "
+                               f"counterpart in a {root_scope}", variable=layer)
+        for j, weight in enumerate(weight_names):
+            short = weight.split("/")[-1].removesuffix(":0")
+            if short not in _WEIGHT_NAMES:
+                raise WeightsError(p, f"unexpected weight {short!r}", variable=weight)
+            array = arrays.get(f"{i}/{j}")
+            if not isinstance(array, np.ndarray):
+                raise WeightsError(p, "dataset missing from the reader's answer",
+                                   variable=weight)
+            if layer == "predictions":  # Dense [D, K] ≡ 1×1 conv [1, 1, D, K]
+                array = array.reshape(1, 1, *array.shape) if array.ndim == 2 else array
+            name = f"{root_scope}/{scope}/{tf_weight_name(scope, short)}"
+            if name in variables:
+                raise WeightsError(p, "two Keras weights map to this variable", variable=name)
+            variables[name] = array
     return variables
+
+
+# The child's limits: CPU seconds for the read itself (a MobileNet .h5 takes ~0.05 s), wall
+# seconds for everything including interpreter start-up (a blocked read shows up here),
+# and address space beyond the interpreter's own.
+SANDBOX_CPU_SECONDS = 2.0
+SANDBOX_WALL_SECONDS = 30.0
+SANDBOX_MEMORY_BYTES = 512 << 20
+
+
+def read_raw_sandboxed(path: Path) -> tuple[list[tuple[str, list[str]]], dict, bool]:
+    """Run :func:`mobilevec.formats._h5_child.read_raw` on ``path`` in a child process.
+
+    Raises :class:`WeightsError` naming the file for anything the child refused, any
+    HDF5 error, a crash, or a time or memory limit reached.
+    """
+    from .._optional import require
+
+    require("h5py", "h5", purpose="reading Keras .h5 weights")
+    if not path.is_file():
+        raise WeightsError(path, "no such file (or not a regular file)")
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise WeightsError(path, f"cannot read ({e})") from e
+    env = {**os.environ, "HDF5_PLUGIN_PRELOAD": "::", "HDF5_USE_FILE_LOCKING": "FALSE",
+           "OMP_NUM_THREADS": "1"}
+    memory = SANDBOX_MEMORY_BYTES + 2 * size
+    command = [sys.executable, "-P", str(_CHILD), str(path), str(memory),
+               str(SANDBOX_CPU_SECONDS)]
+    try:
+        done = subprocess.run(command, capture_output=True, env=env, stdin=subprocess.DEVNULL,
+                              timeout=SANDBOX_WALL_SECONDS, check=False)
+    except subprocess.TimeoutExpired:
+        raise WeightsError(path, f"the HDF5 reader ran longer than {SANDBOX_WALL_SECONDS:.0f} "
+                           "s (a crafted or corrupt file) and was stopped") from None
+    except OSError as e:
+        raise WeightsError(path, f"cannot start the HDF5 reader process ({e})") from e
+    return _child_answer(path, done)
+
+
+def _child_answer(path: Path, done: subprocess.CompletedProcess) -> tuple[list, dict, bool]:
+    out = done.stdout
+    if out[:2] == b"ER":
+        try:
+            error = json.loads(out[2:])
+            message, variable = str(error["message"]), error.get("variable")
+        except (ValueError, KeyError, TypeError):
+            message, variable = "the HDF5 reader gave an unreadable answer", None
+        raise WeightsError(path, message, None if variable is None else str(variable))
+    if out[:2] != b"OK" or done.returncode != 0:
+        raise WeightsError(path, f"the HDF5 reader stopped ({_exit_reason(done.returncode)})"
+                           f"{_stderr_tail(done.stderr)}; a crafted or corrupt file")
+    from safetensors.numpy import load
+
+    try:
+        arrays = load(bytes(out[2:]))
+        meta = json.loads(_safetensors_metadata(out[2:]).get("layers", "[]"))
+        layers = [(str(layer), [str(w) for w in weights]) for layer, weights in meta]
+        keras3 = _safetensors_metadata(out[2:]).get("keras3") == "True"
+    except Exception as e:  # the answer is checked as the untrusted data it derives from
+        raise WeightsError(path, f"the HDF5 reader gave an unreadable answer ({e})") from None
+    return layers, arrays, keras3
+
+
+def _safetensors_metadata(blob: bytes) -> dict[str, str]:
+    length = int.from_bytes(blob[:8], "little")
+    header = json.loads(bytes(blob[8:8 + length]))
+    return dict(header.get("__metadata__") or {})
+
+
+def _exit_reason(code: int) -> str:
+    if code >= 0:
+        return f"exit status {code}"
+    name = {signal.SIGXCPU: f"CPU limit of {SANDBOX_CPU_SECONDS:.0f} s reached",
+            signal.SIGKILL: "killed", signal.SIGSEGV: "the HDF5 library crashed",
+            signal.SIGABRT: "the HDF5 library aborted"}
+    return name.get(-code, f"signal {-code}")
+
+
+def _stderr_tail(stderr: bytes) -> str:
+    lines = stderr.decode("utf-8", "replace").strip().splitlines()
+    return f": {lines[-1][:300]}" if lines else ""
+
+
+_CHILD = Path(__file__).with_name("_h5_child.py")

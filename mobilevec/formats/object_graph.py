@@ -43,14 +43,14 @@ def _parse_object_graph(blob: bytes) -> list[_Node]:
         fields = pb.as_message(node_bytes)
         node = _Node()
         for child in fields.get(1, []):
-            node.children.append(pb.as_int64(pb.last(pb.as_message(child), 1, 0)))
+            node.children.append(pb.get_int64(pb.as_message(child), 1))
         for attribute in fields.get(2, []):
             attr = pb.as_message(attribute)
             node.attributes.append(
                 (pb.as_str(pb.last(attr, 1)), pb.as_str(pb.last(attr, 2)),
                  pb.as_str(pb.last(attr, 3))))
         for slot in fields.get(3, []):
-            node.slot_variable_ids.append(pb.as_int64(pb.last(pb.as_message(slot), 3, 0)))
+            node.slot_variable_ids.append(pb.get_int64(pb.as_message(slot), 3))
         nodes.append(node)
     return nodes
 
@@ -99,6 +99,8 @@ def resolve_object_graph(tensors: dict[str, np.ndarray], index_path: Path,
     """
     try:
         blob = tensors[OBJECT_GRAPH_KEY].item()
+        if not isinstance(blob, bytes):
+            raise ValueError(f"a {tensors[OBJECT_GRAPH_KEY].dtype} tensor, not one string")
         nodes = _parse_object_graph(blob)
     except (ValueError, AttributeError, pb.ProtobufError) as exc:
         raise WeightsError(index_path, f"corrupt {OBJECT_GRAPH_KEY} entry: {exc}",

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from mobilevec.errors import WeightsError
+from mobilevec.formats import _limits
 from mobilevec.formats import _protobuf as pb
 from mobilevec.formats.object_graph import OBJECT_GRAPH_KEY, resolve_object_graph
 
@@ -222,13 +223,27 @@ def _read_table(index_path: Path) -> list[tuple[bytes, bytes]]:
     except pb.ProtobufError as exc:
         raise WeightsError(index_path, f"corrupt table footer: {exc}") from None
     entries: list[tuple[bytes, bytes]] = []
+    block_end = 0
     for _last_key, handle in _block_entries(index_path, _read_block(index_path, data,
                                                                     index_handle)):
         try:
             data_handle, _ = _block_handle(memoryview(handle), 0)
         except pb.ProtobufError as exc:
             raise WeightsError(index_path, f"corrupt table index block: {exc}") from None
-        entries.extend(_block_entries(index_path, _read_block(index_path, data, data_handle)))
+        # TF writes data blocks one after the other; a handle that points back (a repeat
+        # or an overlap) would make a small index decode the same bytes many times over.
+        if data_handle[0] < block_end:
+            raise WeightsError(index_path, f"table block at {data_handle[0]} overlaps or "
+                               "repeats an earlier one (corrupt index)")
+        block_end = data_handle[0] + data_handle[1] + _BLOCK_TRAILER_SIZE
+        for key, value in _block_entries(index_path, _read_block(index_path, data,
+                                                                 data_handle)):
+            if entries and key <= entries[-1][0]:
+                raise WeightsError(index_path, f"table keys out of order ({key[:80]!r} after "
+                                   f"{entries[-1][0][:80]!r}; corrupt index)")
+            entries.append((key, value))
+            _limits.check_count(index_path, len(entries), "table entries",
+                                _limits.MAX_TENSORS + 1)
     return entries
 
 
@@ -277,6 +292,9 @@ def _block_entries(path: Path, block: memoryview) -> Iterator[tuple[bytes, bytes
             value_size, pos = pb.read_varint(block, pos)
             if shared > len(key) or pos + unshared + value_size > limit:
                 raise pb.ProtobufError("entry runs past the block")
+            if shared + unshared > _limits.MAX_NAME_BYTES:
+                raise pb.ProtobufError(f"a {shared + unshared}-byte key (at most "
+                                       f"{_limits.MAX_NAME_BYTES})")
             key = key[:shared] + bytes(block[pos:pos + unshared])
             pos += unshared
             yield key, bytes(block[pos:pos + value_size])
@@ -327,15 +345,16 @@ def _decode_key(key: bytes) -> str:
 
 def _parse_header(path: Path, value: bytes) -> _Header:
     fields = pb.parse_message(value)
-    num_shards = pb.as_int64(pb.last(fields, 1, 0))
-    endianness = pb.last(fields, 2, 0)
+    num_shards = pb.get_int64(fields, 1)
+    endianness = pb.get_int(fields, 2)
     version = pb.as_message(pb.last(fields, 3))
-    min_consumer = pb.as_int64(pb.last(version, 2, 0))
+    min_consumer = pb.get_int64(version, 2)
     bad = pb.repeated_varints(version.get(3, []))
     if min_consumer > _SUPPORTED_BUNDLE_VERSION or _SUPPORTED_BUNDLE_VERSION in bad:
         raise WeightsError(path, f"bundle needs a newer reader (min_consumer={min_consumer})")
-    if num_shards < 1:
-        raise WeightsError(path, f"bundle header says {num_shards} data shards")
+    if not 1 <= num_shards <= _limits.MAX_SHARDS:
+        raise WeightsError(path, f"bundle header says {num_shards} data shards (1 to "
+                           f"{_limits.MAX_SHARDS} supported)")
     return _Header(num_shards=num_shards, big_endian=endianness == _BIG_ENDIAN)
 
 
@@ -343,21 +362,28 @@ def _parse_entry(path: Path, name: str, value: bytes) -> _Entry:
     try:
         fields = pb.parse_message(value)
         shape_msg = pb.as_message(pb.last(fields, 2))
-        if pb.last(shape_msg, 3, 0):
+        if pb.get_int(shape_msg, 3):
             raise pb.ProtobufError("tensor of unknown rank")
-        dims = tuple(pb.as_int64(pb.last(pb.as_message(d), 1, 0)) for d in shape_msg.get(2, []))
+        dim_messages = shape_msg.get(2, [])
+        if len(dim_messages) > _limits.MAX_RANK:
+            raise pb.ProtobufError(f"shape of rank {len(dim_messages)} (at most "
+                                   f"{_limits.MAX_RANK})")
+        dims = tuple(pb.get_int64(pb.as_message(d), 1) for d in dim_messages)
         if any(d < 0 for d in dims):
             raise pb.ProtobufError(f"negative dimension in shape {dims}")
-        return _Entry(
+        entry = _Entry(
             name=name,
-            dtype=pb.last(fields, 1, 0),
+            dtype=pb.get_int(fields, 1),
             shape=dims,
-            shard_id=pb.as_int64(pb.last(fields, 3, 0)),
-            offset=pb.as_int64(pb.last(fields, 4, 0)),
-            size=pb.as_int64(pb.last(fields, 5, 0)),
-            crc=pb.last(fields, 6, 0),
+            shard_id=pb.get_int64(fields, 3),
+            offset=pb.get_int64(fields, 4),
+            size=pb.get_int64(fields, 5),
+            crc=pb.get_int(fields, 6) & 0xFFFFFFFF,
             sliced=bool(fields.get(7)),
         )
+        if entry.offset < 0 or entry.size < 0:
+            raise pb.ProtobufError(f"negative offset {entry.offset} or size {entry.size}")
+        return entry
     except pb.ProtobufError as exc:
         raise WeightsError(path, f"corrupt BundleEntryProto: {exc}", variable=name) from None
 
@@ -401,7 +427,7 @@ def _numeric_tensor(shard_path: Path, entry: _Entry, buf: bytearray,
         dtype: np.dtype = np.dtype(np.uint16)
     else:
         dtype = np.dtype(_NUMPY_DTYPES[entry.dtype])
-    count = int(np.prod(entry.shape, dtype=np.int64))
+    count = _limits.element_count(shard_path, entry.shape, entry.name)
     if count * dtype.itemsize != entry.size:
         raise WeightsError(shard_path, f"{entry.size} bytes stored for shape {entry.shape} of "
                            f"{dtype} ({count * dtype.itemsize} expected)", variable=entry.name)
@@ -423,7 +449,11 @@ def _string_tensor(shard_path: Path, entry: _Entry, buf: bytearray,
     byte order, not as the varint bytes; the whole-tensor crc then continues over the four
     stored length-checksum bytes and the string bytes.
     """
-    count = int(np.prod(entry.shape, dtype=np.int64))
+    count = _limits.element_count(shard_path, entry.shape, entry.name)
+    # Each string takes at least a 1-byte length: check before allocating ``count`` objects.
+    if count > entry.size or count > _limits.MAX_TENSORS:
+        raise WeightsError(shard_path, f"string tensor of {count} elements stored in "
+                           f"{entry.size} bytes", variable=entry.name)
     out = np.empty(count, dtype=object)
     if entry.size == 0 and count == 0:
         return out.reshape(entry.shape)
@@ -479,26 +509,67 @@ def _check_entry(index_path: Path, header: _Header, entry: _Entry) -> None:
     if not 0 <= entry.shard_id < header.num_shards:
         raise WeightsError(index_path, f"tensor in shard {entry.shard_id} but the bundle has "
                            f"{header.num_shards} shards", variable=entry.name)
+    if entry.dtype == _DT_STRING:
+        return
+    itemsize = 2 if entry.dtype == _DT_BFLOAT16 else np.dtype(_NUMPY_DTYPES[entry.dtype]).itemsize
+    expected = _limits.tensor_bytes(index_path, entry.shape, itemsize, entry.name)
+    if expected != entry.size:
+        raise WeightsError(index_path, f"{entry.size} bytes stored for shape "
+                           f"{list(entry.shape)} ({expected} expected)", variable=entry.name)
+
+
+def _check_disjoint(shard_path: Path, entries: list[_Entry]) -> None:
+    """Tensors of one shard (sorted by offset) must not share bytes: TF never writes that,
+    and a small index could otherwise make every entry copy the whole shard."""
+    end, previous = 0, None
+    for entry in entries:
+        if entry.size == 0:
+            continue
+        if entry.offset < end:
+            raise WeightsError(shard_path, f"tensor bytes at {entry.offset} overlap those of "
+                               f"{previous!r} (corrupt index)", variable=entry.name)
+        end, previous = entry.offset + entry.size, entry.name
 
 
 # --- paths ------------------------------------------------------------------------------------
 
 _DATA_SUFFIX = re.compile(r"\.data-\d{5}-of-\d{5}$")
-_STATE_LINE = re.compile(r'^\s*model_checkpoint_path\s*:\s*"((?:[^"\\]|\\.)*)"\s*$', re.M)
+_STATE_LINE = re.compile(r'^[ \t]*model_checkpoint_path[ \t]*:[ \t]*"((?:[^"\\\n]|\\.)*)"[ \t]*$',
+                         re.M)
+_MAX_STATE_FILE = 1 << 20  # a CheckpointState lists a few paths
 
 
 def _prefix_from_state_file(directory: Path) -> Path:
     """The latest checkpoint named by a ``checkpoint`` text file (CheckpointState proto)."""
     state = directory / "checkpoint"
-    match = _STATE_LINE.search(state.read_text(encoding="utf-8", errors="replace"))
+    try:
+        with state.open("rb") as f:
+            text = f.read(_MAX_STATE_FILE + 1)
+    except OSError as exc:
+        raise WeightsError(state, f"cannot read the checkpoint state file: {exc}") from exc
+    if len(text) > _MAX_STATE_FILE:
+        raise WeightsError(state, f"checkpoint state file larger than {_MAX_STATE_FILE} bytes")
+    match = _STATE_LINE.search(text.decode("utf-8", errors="replace"))
     if not match:
         raise WeightsError(state, "no model_checkpoint_path in the checkpoint state file")
-    named = Path(re.sub(r"\\(.)", r"\1", match.group(1)))
+    text_path = re.sub(r"\\(.)", r"\1", match.group(1))
+    if "\x00" in text_path:
+        raise WeightsError(state, "model_checkpoint_path holds a NUL byte")
+    named = Path(text_path)
     candidate = named if named.is_absolute() else directory / named
-    if not Path(f"{candidate}.index").is_file():
-        # Absolute paths go stale when a checkpoint directory is moved or unpacked elsewhere.
+    # The state file may name the prefix only inside its own folder: an artifact never
+    # points the reader at other files on the machine. Absolute paths also go stale when
+    # a checkpoint directory is moved or unpacked elsewhere; the name alone then fits.
+    if not _inside(candidate, directory) or not Path(f"{candidate}.index").is_file():
+        if named.name in ("", ".", ".."):
+            raise WeightsError(state, f"model_checkpoint_path {str(named)!r} names no "
+                               "checkpoint in this folder")
         candidate = directory / named.name
     return candidate
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    return os.path.realpath(path).startswith(os.path.join(os.path.realpath(directory), ""))
 
 
 def _resolve_prefix(path: PathLike) -> Path:
@@ -583,18 +654,20 @@ def _read_bundle_at(prefix: Path) -> dict[str, np.ndarray]:
     for entry in entries:
         _check_entry(index_path, header, entry)
     tensors: dict[str, np.ndarray] = {}
-    for shard in range(header.num_shards):
+    for shard in sorted({e.shard_id for e in entries}):
         shard_path = _data_path(prefix, shard, header.num_shards)
-        wanted = [e for e in entries if e.shard_id == shard]
-        if not wanted:
-            continue
+        wanted = sorted((e for e in entries if e.shard_id == shard), key=lambda e: e.offset)
+        _check_disjoint(shard_path, wanted)
+        if not shard_path.is_file():  # also keeps a FIFO of that name from blocking
+            raise WeightsError(shard_path, "data shard missing or not a regular file",
+                               variable=wanted[0].name)
         try:
             handle = open(shard_path, "rb")  # noqa: SIM115  (closed below, one per shard)
         except OSError as exc:
             raise WeightsError(shard_path, f"data shard missing or unreadable: {exc}",
                                variable=wanted[0].name) from exc
         with handle:
-            for entry in sorted(wanted, key=lambda e: e.offset):
+            for entry in wanted:
                 tensors[entry.name] = _read_tensor(shard_path, handle, entry, header.big_endian)
     logger.debug("read %d tensors from %s (%d shards)", len(tensors), prefix, header.num_shards)
     return {e.name: tensors[e.name] for e in entries}

@@ -61,6 +61,7 @@ exactly to float32); integer-quantized kernels raise ``WeightsError``.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import struct
 from collections import Counter
@@ -70,6 +71,7 @@ from pathlib import Path
 import numpy as np
 
 from mobilevec.errors import WeightsError
+from mobilevec.formats import _limits
 
 __all__ = ["ConvInfo", "TfliteInfo", "inspect_tflite", "is_tflite", "read_tflite"]
 
@@ -110,12 +112,18 @@ _DTYPES = {
 }
 _FLOAT32, _FLOAT16 = 0, 1
 
-# A TF-Slim MobileNet layer scope inside one ';'-separated piece of a tensor name.
+# A TF-Slim MobileNet layer scope inside one ';'-separated piece of a tensor name. DOTALL
+# and \Z: the rest runs to the very end, so a failed attempt never rescans it (with "."
+# stopping at a newline and "$", each '/' would rescan the rest: quadratic time).
 _SCOPE_RE = re.compile(
     r"(?:^|/)(?P<scope>Mobilenet[A-Za-z0-9]*/"
     r"(?:expanded_conv(?:_\d+)?/(?:expand|depthwise|project|squeeze_excite/Conv(?:_1)?)"
-    r"|Conv(?:_\d+)?|Logits/Conv2d_1c_1x1))(?:/(?P<rest>.*))?$"
+    r"|Conv(?:_\d+)?|Logits/Conv2d_1c_1x1))(?:/(?P<rest>.*))?\Z",
+    re.DOTALL,
 )
+# Converter-fused names join the names of every TF op folded into a tensor (443 bytes at
+# most in the V3 embedder); longer ones are refused.
+_MAX_TENSOR_NAME = 16 * _limits.MAX_NAME_BYTES
 # Layers that TF-Slim builds with a bias and no BatchNorm.
 _BIASED_LAYER_RE = re.compile(r"/(?:squeeze_excite/Conv(?:_1)?|Conv_2|Logits/Conv2d_1c_1x1)$")
 
@@ -191,6 +199,17 @@ class _Flat:
     def __init__(self, data: bytes, path: str):
         self.data = data
         self.path = path
+        # Flatbuffer offsets may alias: a thousand tables can point at one long vector. What
+        # is decoded (names, index vectors, constants) is counted against a budget of four
+        # times the file (a clean file decodes about its own size once), so aliasing can
+        # cost neither memory nor time beyond that.
+        self.budget = 4 * len(data) + (1 << 20)
+
+    def spend(self, size: int, what: str) -> None:
+        self.budget -= size
+        if self.budget < 0:
+            raise self.fail(f"corrupt TFLite file: decoding {what} would read more than four "
+                            "times the file (aliased vectors?)")
 
     def fail(self, message: str, variable: str | None = None) -> WeightsError:
         return WeightsError(self.path, message, variable)
@@ -251,8 +270,14 @@ class _Table:
         pos = self._field(slot)
         return self.flat.vector(pos, elem_size, what, variable) if pos else (0, 0)
 
-    def tables(self, slot: int, what: str) -> list[_Table]:
+    def tables(self, slot: int, what: str, limit: int | None = None) -> list[_Table]:
+        """The tables of a vector (its first ``limit`` when given)."""
         start, count = self.vector(slot, 4, what)
+        if limit is None:
+            _limits.check_count(self.flat.path, count, what)
+        else:
+            count = min(count, limit)
+        self.flat.spend(64 * count, what)
         return [
             _Table(self.flat, self.flat.follow(start + 4 * i, what), f"{what}[{i}]")
             for i in range(count)
@@ -260,10 +285,15 @@ class _Table:
 
     def ints(self, slot: int, what: str) -> tuple[int, ...]:
         start, count = self.vector(slot, 4, what)
+        self.flat.spend(4 * count, what)
         return struct.unpack_from(f"<{count}i", self.flat.data, start) if count else ()
 
     def string(self, slot: int, what: str) -> str:
         start, count = self.vector(slot, 1, what)
+        if count > _MAX_TENSOR_NAME:
+            raise self.flat.fail(f"corrupt TFLite file: {what} of {count} bytes (at most "
+                                 f"{_MAX_TENSOR_NAME})")
+        self.flat.spend(count, what)
         return bytes(self.flat.data[start : start + count]).decode("utf-8", "replace")
 
 
@@ -304,6 +334,8 @@ class _Model:
 
 
 def _load_bytes(path: Path) -> bytes:
+    if path.exists() and not path.is_file():
+        raise WeightsError(path, "not a regular file")
     try:
         return path.read_bytes()
     except FileNotFoundError:
@@ -333,10 +365,15 @@ def _opcode(table: _Table) -> tuple[int, str]:
 
 
 def _parse_tensor(table: _Table, index: int) -> _Tensor:
+    name = table.string(3, f"tensor {index} name")
+    shape = tuple(table.ints(0, f"tensor {index} shape"))
+    if len(shape) > _limits.MAX_RANK:
+        raise table.flat.fail(f"corrupt TFLite file: shape of rank {len(shape)} (at most "
+                              f"{_limits.MAX_RANK})", name)
     return _Tensor(
         index=index,
-        name=table.string(3, f"tensor {index} name"),
-        shape=tuple(table.ints(0, f"tensor {index} shape")),
+        name=name,
+        shape=shape,
         dtype=table.scalar(1, "<b", 0),
         buffer=table.scalar(2, "<I", 0),
     )
@@ -371,7 +408,7 @@ def _parse(path: Path) -> _Model:
     if version != _SCHEMA_VERSION:
         raise flat.fail(f"unsupported TFLite schema version {version} (expected 3)")
     codes = [_opcode(t) for t in root.tables(1, "operator_codes")]
-    subgraphs = root.tables(2, "subgraphs")
+    subgraphs = root.tables(2, "subgraphs", limit=1)  # only the main graph is read
     if not subgraphs:
         raise flat.fail("TFLite file has no subgraph")
     main = subgraphs[0]
@@ -421,11 +458,16 @@ def _tensor_array(model: _Model, tensor: _Tensor) -> np.ndarray | None:
     if tensor.dtype not in _DTYPES:
         raise model.flat.fail(f"unsupported tensor type {tensor.dtype}", tensor.name)
     dtype = np.dtype(_DTYPES[tensor.dtype][0])
-    expected = int(np.prod(tensor.shape, dtype=np.int64)) * dtype.itemsize
-    if any(d < 0 for d in tensor.shape) or raw.nbytes != expected:
+    if any(d < 0 for d in tensor.shape):
+        raise model.flat.fail(f"constant of shape {list(tensor.shape)}: negative dimension; "
+                              "the file is corrupt", tensor.name)
+    expected = math.prod(tensor.shape) * dtype.itemsize
+    if raw.nbytes != expected:
         raise model.flat.fail(
             f"constant of shape {list(tensor.shape)} needs {expected} bytes, buffer holds "
             f"{raw.nbytes}; the file is corrupt", tensor.name)
+    widening = 2 if tensor.dtype == _FLOAT16 else 1  # float16 is returned as float32
+    model.flat.spend(widening * raw.nbytes, f"constant {tensor.name!r}")
     return np.frombuffer(raw, dtype=dtype).reshape(tensor.shape).astype(dtype.newbyteorder("="))
 
 
@@ -434,6 +476,8 @@ def _float_constant(model: _Model, index: int) -> np.ndarray | None:
     tensor = model.tensors[index]
     producer = model.producers.get(index)
     if producer is not None and producer.code == _DEQUANTIZE and producer.inputs:
+        if producer.inputs[0] < 0:
+            raise model.flat.fail("DEQUANTIZE without an input", tensor.name)
         source = model.tensors[producer.inputs[0]]
         if source.dtype != _FLOAT16:
             raise model.flat.fail("integer-quantized weights are not supported; use a float "
@@ -735,7 +779,7 @@ def _unused_constants(model: _Model, convs: list[_Conv]) -> tuple[str, ...]:
     for t in model.tensors:
         if t.index in used or t.dtype not in (_FLOAT32, _FLOAT16):
             continue
-        if int(np.prod(t.shape, dtype=np.int64)) >= 2 and _buffer_bytes(model, t).nbytes:
+        if math.prod(t.shape) >= 2 and _buffer_bytes(model, t).nbytes:
             unused.append(t.name)
     return tuple(unused)
 
@@ -771,6 +815,8 @@ def _dtype_name(code: int) -> str:
 def is_tflite(path: str | Path) -> bool:
     """True if the file's bytes 4..8 are the TFLite identifier ``TFL3`` (content, not name)."""
     try:
+        if not Path(path).is_file():  # a FIFO or device would block or never end
+            return False
         with open(path, "rb") as fh:
             head = fh.read(8)
     except OSError:

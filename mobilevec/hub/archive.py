@@ -7,8 +7,12 @@ Every member is checked before a byte of it is written; tarfile's own ``extract`
 ``filter=``, which differs between Python patch releases) is never used. Refused:
 absolute paths, ``..`` components, backslashes and NUL in names, every kind of link
 (symlinks and hardlinks, wherever they point: model archives have no use for them),
-device files, FIFOs and other special members, more than ``max_files`` members, and more
-than ``max_bytes`` written. Members are written as plain files with default permissions.
+device files, FIFOs, sparse files and other special members, more than ``max_files``
+members, more than ``max_bytes`` written, and tar extension headers (pax, GNU long names)
+larger than :data:`MAX_EXTENDED_HEADER` or adding up to more than
+:data:`MAX_EXTENDED_TOTAL`: tarfile reads such a header whole into memory, before any
+member is seen, so a 10 MB tarball could otherwise declare one of gigabytes. Members are
+written as plain files with default permissions.
 
 Extraction goes into a temporary folder next to ``dest`` that is renamed into place only
 when the whole archive was accepted, so a refused or corrupt archive leaves nothing behind.
@@ -35,6 +39,8 @@ log = logging.getLogger(__name__)
 
 GiB = 1 << 30
 _CHUNK = 1 << 20
+MAX_EXTENDED_HEADER = 1 << 16  # one pax or GNU long-name header (a path is < 4 kB)
+MAX_EXTENDED_TOTAL = 1 << 22  # all of them in one archive
 _TAR_COMPRESSIONS = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz"}
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # local file header; empty archive
 _CORRUPT = (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError,
@@ -145,7 +151,33 @@ def _write(src: IO[bytes], target: Path, budget: _Budget, name: str) -> None:
 
 # --- tar ----------------------------------------------------------------------------
 
+class _HeaderTooLarge(Exception):
+    """An extension header over the caps (raised from inside tarfile's header parsing)."""
+
+
+_EXTENDED_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+                   tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+
+
+class _CappedTarInfo(tarfile.TarInfo):
+    """TarInfo whose extension headers are size-checked before tarfile reads them."""
+
+    def _proc_member(self, tarfile_):  # noqa: D102 - tarfile's own hook
+        if self.type in _EXTENDED_TYPES:
+            total = getattr(tarfile_, "_mobilevec_extended", 0) + self.size
+            tarfile_._mobilevec_extended = total
+            if self.size > MAX_EXTENDED_HEADER or total > MAX_EXTENDED_TOTAL:
+                kind = "GNU long-name" if self.type in (tarfile.GNUTYPE_LONGNAME,
+                                                        tarfile.GNUTYPE_LONGLINK) else "pax"
+                raise _HeaderTooLarge(
+                    f"a {self.size}-byte {kind} header (at most {MAX_EXTENDED_HEADER} bytes "
+                    f"each, {MAX_EXTENDED_TOTAL} in all)")
+        return super()._proc_member(tarfile_)
+
+
 def _tar_problem(m: tarfile.TarInfo) -> str | None:
+    if m.issparse():
+        return "sparse file"
     if m.issym():
         return f"symbolic link to {m.linkname!r}"
     if m.islnk():
@@ -160,8 +192,16 @@ def _tar_problem(m: tarfile.TarInfo) -> str | None:
 
 
 def _extract_tar(archive: Path, root: Path, budget: _Budget) -> None:
+    try:
+        _extract_tar_members(archive, root, budget)
+    except _HeaderTooLarge as e:
+        raise _refuse(archive, "(extension header)", str(e)) from None
+
+
+def _extract_tar_members(archive: Path, root: Path, budget: _Budget) -> None:
     # Stream mode ("r|*"): one pass, any compression, no seeking back for members.
-    with archive.open("rb") as f, tarfile.open(fileobj=f, mode="r|*") as tf:
+    with archive.open("rb") as f, tarfile.open(fileobj=f, mode="r|*",
+                                               tarinfo=_CappedTarInfo) as tf:
         for m in tf:
             rel = _safe_relpath(archive, m.name)
             if problem := _tar_problem(m):

@@ -42,9 +42,11 @@ class Artifact:
     the variables after download), and :attr:`config` that model's
     :class:`~mobilevec.models.registry.ModelConfig`: input contract, output size, default
     dedup threshold. ``url`` is what is fetched; ``sha256`` is checked when known, else
-    recorded on first download; ``kind`` is "feature_vector", "classification" or
-    "weights"; ``format`` the artifact's format when known ("tf_hub_module",
-    "tf_slim_checkpoint", "keras_h5", "tflite"); ``provenance`` where the facts come from.
+    recorded on first download; ``md5`` is the publisher's md5 where that is all it gives
+    (Keras applications), checked the same way; ``size`` the exact size when known;
+    ``kind`` is "feature_vector", "classification" or "weights"; ``format`` the
+    artifact's format when known ("tf_hub_module", "tf_slim_checkpoint", "keras_h5",
+    "tflite"); ``provenance`` where the facts come from.
     """
 
     handle: str
@@ -54,10 +56,46 @@ class Artifact:
     kind: str = "weights"
     format: str | None = None
     provenance: str = ""
+    md5: str | None = None
+    size: int | None = None
 
     @property
     def config(self) -> ModelConfig | None:
         return MODELS.get(self.model) if self.model else None
+
+
+# The md5s Keras publishes for its MobileNetV3 application weights (keras/src/applications/
+# mobilenet_v3.py, WEIGHTS_HASHES: ``get_file(file_hash=...)`` takes a 32-digit hash as md5):
+# (the file with the classifier, the ``_no_top_v2`` file). Keras publishes none for V2.
+KERAS_V3_MD5 = {
+    "large_224_0.75_float": ("765b44a33ad4005b3ac83185abf1d0eb",
+                             "40af19a13ebea4e2ee0c676887f69a2e"),
+    "large_224_1.0_float": ("59e551e166be033d707958cf9e29a6a7",
+                            "07fb09a5933dd0c8eaafa16978110389"),
+    "large_minimalistic_224_1.0_float": ("675e7b876c45c57e9e63e6d90a36599c",
+                                         "ec5221f64a2f6d1ef965a614bdae7973"),
+    "small_224_0.75_float": ("cb65d4e5be93758266aa0a7f2c6708b7",
+                             "ebdb5cc8e0b497cd13a7c275d475c819"),
+    "small_224_1.0_float": ("8768d4c2e7dee89b9d02b2d03d65d862",
+                            "d3e8ec802a04aa4fc771ee12a9a9b836"),
+    "small_minimalistic_224_1.0_float": ("99cd97fb2fcdad2bf028eb838de69e37",
+                                         "cde8136e733e811080d9fcd8a252f7e4"),
+}
+
+
+def _keras_v3_artifacts() -> tuple[Artifact, ...]:
+    rows = []
+    for variant, (top, no_top) in KERAS_V3_MD5.items():
+        size, minimal, _, alpha, _ = re.fullmatch(
+            r"(small|large)(_minimalistic)?_(224)_(\d\.\d+)_(float)", variant).groups()
+        model = (f"mobilenet_v3_{size}{'_minimalistic' if minimal else ''}_"
+                 f"{round(float(alpha) * 100):03d}_224")
+        for suffix, md5 in (("", top), ("_no_top_v2", no_top)):
+            url = f"{KERAS_V3}/weights_mobilenet_v3_{variant}{suffix}.h5"
+            rows.append(Artifact(url, url, model, None, "weights", "keras_h5",
+                                 "Keras applications weights; md5 as Keras publishes it",
+                                 md5=md5))
+    return tuple(rows)
 
 
 # Artifacts whose bytes were checked, with what is known of them beyond their handle.
@@ -68,7 +106,8 @@ KNOWN: tuple[Artifact, ...] = (
              "0f786f8eb8bcecd1f9c5bc50f00a5e6b9f62600edb503ad3bfff5f51035b0ea5",
              "feature_vector", "tflite",
              "MediaPipe image embedder built from the TF Hub V3 Small 0.75 feature vector "
-             "(../shared/weights/PROVENANCE.md)"),
+             "(../shared/weights/PROVENANCE.md)", size=4_117_698),
+    *_keras_v3_artifacts(),
 )
 _KNOWN_BY_URL = {a.url: a for a in KNOWN}
 

@@ -11,9 +11,18 @@ finding both sends ``Range: bytes=N-`` (and ``If-Range`` with the validator, so 
 file comes back whole rather than spliced); a ``206`` whose range starts at N is appended,
 anything else starts over.
 
-Failures of the connection itself (refused, DNS, timeout, cut mid-stream) raise
-:class:`NetworkError`; answers the server gave on purpose (404, 500, too many redirects)
-raise plain :class:`~mobilevec.errors.DownloadError`.
+Bounds: every connect and read times out after ``timeout`` seconds without data; the
+transfer as a whole must keep at least :data:`MIN_RATE` bytes/s over every window of
+:data:`RATE_WINDOW` seconds (a server that drips one byte a second is cut off, and the
+next call resumes); the body may not exceed ``max_size`` bytes (default
+:data:`MAX_DOWNLOAD_BYTES`; the exact size for artifacts whose size is known), checked
+against Content-Length before the body and against the bytes while they arrive. An answer
+whose Content-Type is ``text/html`` is refused before its body is read: artifacts are
+never HTML, login and error pages are.
+
+Failures of the connection itself (refused, DNS, timeout, cut mid-stream, too slow) raise
+:class:`NetworkError`; answers the server gave on purpose (404, 500, too many redirects, an
+HTML page, too large) raise plain :class:`~mobilevec.errors.DownloadError`.
 """
 
 from __future__ import annotations
@@ -41,6 +50,9 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 << 18
 DEFAULT_TIMEOUT = 60.0  # seconds without progress on connect or on any read
+MIN_RATE = 16 * 1024  # bytes/s the transfer must keep over each RATE_WINDOW
+RATE_WINDOW = 60.0
+MAX_DOWNLOAD_BYTES = 1 << 30  # no MobileNet artifact comes near (a TF-Slim tarball: ~100 MB)
 MAX_REDIRECTS = 10  # tfhub.dev -> Kaggle -> storage takes about 3
 USER_AGENT = "mobilevec (urllib)"
 SCHEMES = ("http", "https", "file")
@@ -54,7 +66,8 @@ class Downloaded:
     ``size`` and ``sha256`` cover the whole file (resumed bytes included); ``filename`` is
     the server's name for it (Content-Disposition, else the last path segment of the final
     URL), already made safe to use as a file name; ``resumed_from`` is the byte offset the
-    transfer restarted at (0: a full download).
+    transfer restarted at (0: a full download); for ``file://`` URLs ``source_mtime_ns``
+    is the source file's modification time (with ``size``, what tells a changed source).
     """
 
     url: str
@@ -66,14 +79,16 @@ class Downloaded:
     etag: str | None = None
     last_modified: str | None = None
     content_type: str | None = None
+    source_mtime_ns: int | None = None  # file:// only: the source's mtime when copied
+    md5: str | None = None  # for publishers that give md5 only (Keras applications)
 
 
 def download(url: str, part: Path, *, progress: bool = False, timeout: float | None = None,
-             max_redirects: int = MAX_REDIRECTS) -> Downloaded:
+             max_redirects: int = MAX_REDIRECTS, max_size: int | None = None) -> Downloaded:
     """Download ``url`` into ``part`` (resuming a previous partial download of the same URL).
 
-    ``timeout`` (seconds, default DEFAULT_TIMEOUT) bounds the connect and every read, not
-    the whole transfer.
+    ``timeout`` (seconds, default DEFAULT_TIMEOUT) bounds the connect and every read; the
+    whole transfer is bounded by MIN_RATE and ``max_size`` (see the module docstring).
 
     On success ``part`` holds the complete, fsynced file; on :class:`NetworkError` it holds
     what arrived so far (the next call resumes); on other errors it may hold anything and
@@ -84,9 +99,11 @@ def download(url: str, part: Path, *, progress: bool = False, timeout: float | N
         raise DownloadError(f"{url}: unsupported URL scheme {scheme or '(none)'!r}; "
                             f"use one of {', '.join(SCHEMES)}", url=url)
     part.parent.mkdir(parents=True, exist_ok=True)
+    limit = MAX_DOWNLOAD_BYTES if max_size is None else max_size
     if scheme == "file":
-        return _copy_local(url, part, progress)
-    return _download_http(url, part, progress, timeout or DEFAULT_TIMEOUT, max_redirects)
+        return _copy_local(url, part, progress, limit)
+    return _download_http(url, part, progress, timeout or DEFAULT_TIMEOUT, max_redirects,
+                          limit)
 
 
 def safe_filename(name: str, default: str = "download") -> str:
@@ -110,32 +127,37 @@ def discard_part(part: Path) -> None:
 # --- HTTP ---------------------------------------------------------------------------
 
 def _download_http(url: str, part: Path, progress: bool, timeout: float,
-                   max_redirects: int) -> Downloaded:
+                   max_redirects: int, max_size: int) -> Downloaded:
     offset, state = _resume_point(url, part)
     try:
         resp = _open(url, offset, state, timeout, max_redirects)
     except _RangeRefused:  # 416: our partial file is no prefix of theirs
         discard_part(part)
-        return _download_http(url, part, progress, timeout, max_redirects)
+        return _download_http(url, part, progress, timeout, max_redirects, max_size)
     with resp:
         offset = _accept_offset(resp, url, offset, state)
         if offset is None:  # cannot continue this partial file; offset 0 next time
             resp.close()
             discard_part(part)
-            return _download_http(url, part, progress, timeout, max_redirects)
+            return _download_http(url, part, progress, timeout, max_redirects, max_size)
         headers = resp.headers
+        _refuse_html(url, headers.get("Content-Type"), part)
         total = _total_size(resp, offset)
+        if total is not None and total > max_size:
+            discard_part(part)
+            raise DownloadError(f"{url}: the server announces {total} bytes, more than the "
+                                f"{max_size} allowed for this artifact", url=url)
         meta = {"url": url, "etag": headers.get("ETag"),
                 "last_modified": headers.get("Last-Modified"), "total": total}
         _write_state(part, meta)
         name = headers.get_filename() or _last_segment(resp.url) or _last_segment(url)
         # read1: whatever has arrived, so a timeout never discards bytes already received.
-        sha, size = _stream(resp.read1, part, offset, total, progress, safe_filename(name),
-                            url)
+        (sha, md5), size = _stream(resp.read1, part, offset, total, progress,
+                                   safe_filename(name), url, max_size)
     return Downloaded(url=url, final_url=resp.url, filename=safe_filename(name), size=size,
                       sha256=sha, resumed_from=offset, etag=meta["etag"],
                       last_modified=meta["last_modified"],
-                      content_type=headers.get("Content-Type"))
+                      content_type=headers.get("Content-Type"), md5=md5)
 
 
 def _resume_point(url: str, part: Path) -> tuple[int, dict[str, Any] | None]:
@@ -238,6 +260,15 @@ def _accept_offset(resp: http.client.HTTPResponse, url: str, offset: int,
     return offset
 
 
+def _refuse_html(url: str, content_type: str | None, part: Path) -> None:
+    kind = (content_type or "").split(";")[0].strip().lower()
+    if kind in ("text/html", "application/xhtml+xml"):
+        discard_part(part)
+        raise DownloadError(f"{url}: the server answered with an HTML page ({content_type}), "
+                            "not an artifact: a login page, an error page or a wrong URL; "
+                            "nothing was cached", url=url)
+
+
 def _total_size(resp: http.client.HTTPResponse, offset: int) -> int | None:
     length = resp.headers.get("Content-Length")
     return offset + int(length) if length and length.isdigit() else None
@@ -253,7 +284,7 @@ def _write_state(part: Path, meta: dict[str, Any]) -> None:
 
 # --- file:// ------------------------------------------------------------------------
 
-def _copy_local(url: str, part: Path, progress: bool) -> Downloaded:
+def _copy_local(url: str, part: Path, progress: bool, max_size: int) -> Downloaded:
     """A file:// "download": a hashed copy (no resume; local copies are cheap to redo)."""
     parts = urlsplit(url)
     if parts.netloc not in ("", "localhost"):
@@ -262,22 +293,29 @@ def _copy_local(url: str, part: Path, progress: bool) -> Downloaded:
     if not src.is_file():
         raise DownloadError(f"{url}: no such file {src}", url=url, path=src)
     discard_part(part)
-    total = src.stat().st_size
+    st = src.stat()
+    if st.st_size > max_size:
+        raise DownloadError(f"{url}: {st.st_size} bytes, more than the {max_size} allowed for "
+                            "this artifact", url=url, path=src)
     with src.open("rb") as f:
-        sha, size = _stream(f.read, part, 0, total, progress, src.name, url)
+        (sha, md5), size = _stream(f.read, part, 0, st.st_size, progress, src.name, url,
+                                   max_size)
     return Downloaded(url=url, final_url=url, filename=safe_filename(src.name), size=size,
-                      sha256=sha)
+                      sha256=sha, source_mtime_ns=st.st_mtime_ns, md5=md5)
 
 
 # --- streaming ----------------------------------------------------------------------
 
 def _stream(read: Callable[[int], bytes], part: Path, offset: int, total: int | None,
-            progress: bool, desc: str, url: str) -> tuple[str, int]:
-    """Append the body to ``part`` from ``offset``; return (sha256 of the file, its size)."""
-    digest = hashlib.sha256()
+            progress: bool, desc: str, url: str,
+            max_size: int = MAX_DOWNLOAD_BYTES) -> tuple[tuple[str, str], int]:
+    """Append the body to ``part`` from ``offset``; return ((sha256, md5) of the file, its
+    size)."""
+    digest = _Digests()
     if offset:
         _hash_prefix(part, offset, digest)
     size, started = offset, time.monotonic()
+    window_start, window_size = started, size
     log.info("downloading %s (%s, starting at byte %d)", url, _human(total), offset)
     bar = _progress_bar(progress, total, offset, desc)
     try:
@@ -295,6 +333,20 @@ def _stream(read: Callable[[int], bytes], part: Path, offset: int, total: int | 
                 out.write(chunk)
                 digest.update(chunk)
                 size += len(chunk)
+                if size > max_size:
+                    out.close()
+                    discard_part(part)
+                    raise DownloadError(f"{url}: more than the {max_size} bytes allowed for "
+                                        "this artifact; the download was stopped and "
+                                        "discarded", url=url)
+                now = time.monotonic()
+                if now - window_start >= RATE_WINDOW:
+                    if size - window_size < MIN_RATE * (now - window_start):
+                        _flush(out)
+                        raise _interrupted(url, size, total,
+                                           f"slower than {MIN_RATE} bytes/s for "
+                                           f"{now - window_start:.0f} s")
+                    window_start, window_size = now, size
                 if bar is not None:
                     bar.update(len(chunk))
             _flush(out)
@@ -305,7 +357,19 @@ def _stream(read: Callable[[int], bytes], part: Path, offset: int, total: int | 
         raise _interrupted(url, size, total, "connection closed early")
     seconds = max(time.monotonic() - started, 1e-6)
     log.info("downloaded %s: %s in %.1f s", url, _human(size), seconds)
-    return digest.hexdigest(), size
+    return (digest.sha256.hexdigest(), digest.md5.hexdigest()), size
+
+
+class _Digests:
+    """sha256 and md5 fed together (md5: what some publishers give; sha256: what we keep)."""
+
+    def __init__(self) -> None:
+        self.sha256 = hashlib.sha256()
+        self.md5 = hashlib.md5(usedforsecurity=False)
+
+    def update(self, data: bytes) -> None:
+        self.sha256.update(data)
+        self.md5.update(data)
 
 
 def _hash_prefix(part: Path, offset: int, digest: Any) -> None:

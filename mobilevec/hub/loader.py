@@ -10,6 +10,13 @@ Remote artifacts go through :mod:`mobilevec.hub.cache` (atomic, resumable, sha25
 locked, offline-aware). The first load of an entry also writes its weights as mobilevec
 safetensors into the entry (``model.safetensors``), so a warm load reads one small file and
 never re-parses a tarball; the cache removes that file whenever the artifact is replaced.
+
+Nothing unverified is read: an artifact without a pinned hash is committed to the cache
+only once its bytes parse as weights; every file a load reads from the cache (the
+converted weights, the unpacked files, the original) is checked against the sha256 its
+entry recorded, first. A derived file that changed is rebuilt from the re-verified
+original; an original that changed, or that no longer parses, is dropped and fetched
+again (offline, the error names ``mobilevec cache clear <handle>``).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
-from ..errors import MobilevecError, WeightsError
+from ..errors import CorruptCacheError, MobilevecError, OfflineError, WeightsError
 from ..formats.detect import Weights, detect_format, read_weights
 from ..formats.safetensors_format import read_safetensors_metadata, write_safetensors
 from ..models.factory import create_model
@@ -61,45 +68,56 @@ class Resolved:
     kind: str = "weights"
     url: str | None = None
     unpacked: bool = False
+    cache: Path | None = None
 
     @cached_property
     def path(self) -> Path:
-        return find_artifact(self.location) if self.unpacked else self.location
+        """The artifact, after its cached bytes were checked against their recorded sha256
+        (CorruptCacheError when they changed)."""
+        if self.entry is None or self.url is None:
+            return self.location
+        if self.unpacked:
+            return find_artifact(_cache.verified_extracted(self.url, self.cache, self.handle))
+        return _cache.verify_file(self.url, self.cache, self.handle)
 
 
 def resolve(handle: str | Path, *, offline: bool | None = None, progress: bool = False,
-            cache: Path | None = None) -> Resolved:
+            cache: Path | None = None, rehash: bool = False) -> Resolved:
     """Find (downloading and unpacking once, when needed) the artifact ``handle`` names.
 
-    Raises :class:`~mobilevec.errors.DownloadError` (``OfflineError`` offline with a
-    cold cache) or :class:`MobilevecError` for a handle that is no path, URL or known name.
+    ``rehash`` re-hashes the cached original in full before it is used. Raises
+    :class:`~mobilevec.errors.DownloadError` (``OfflineError`` offline with a cold cache)
+    or :class:`MobilevecError` for a handle that is no path, URL or known name.
     """
-    from .artifacts import resolve_handle
+    from .artifacts import Artifact, resolve_handle
 
     text = str(handle)
     local = _local_path(text)
     if local is not None and not (local.is_file() and archive_kind(local)):
         return Resolved(text, local, None)
     if local is not None:  # a local archive: unpacked into the cache like a download
-        url, sha256, kind = local.resolve().as_uri(), None, "weights"
-        model = _model_from_name(local.name)
+        artifact = Artifact(text, local.resolve().as_uri(), _model_from_name(local.name))
     else:
         artifact = resolve_handle(text)
         if artifact is None:
             raise MobilevecError(
                 f"{text!r} is not a file, directory, URL or handle mobilevec knows; give a "
                 "local artifact, an http(s):// or file:// URL, or a TF Hub / Kaggle handle")
-        url, sha256, model, kind = artifact.url, artifact.sha256, artifact.model, artifact.kind
-    # Warm: fetch and the unpacked folder need no lock and no network.
-    file = _cache.fetch(url, sha256=sha256, cache=cache, offline=offline, progress=progress,
-                        handle=text)
-    location, unpacked = file, bool(archive_kind(file))
-    if unpacked:
-        location = file.parent / _cache.EXTRACTED
-        if not location.is_dir():
-            location = _cache.fetch_extracted(url, sha256=sha256, cache=cache, offline=offline,
-                                              progress=progress, handle=text)
-    return Resolved(text, location, model, file.parent, kind, url, unpacked)
+    # Warm: no lock and no network; archives come unpacked, with their files recorded.
+    file = _cache.fetch(artifact.url, sha256=artifact.sha256, md5=artifact.md5,
+                        size=artifact.size, cache=cache, offline=offline, progress=progress,
+                        handle=text, validate=validate_artifact, unpack=True, rehash=rehash)
+    unpacked = (file.parent / _cache.EXTRACTED).is_dir() and bool(archive_kind(file))
+    location = file.parent / _cache.EXTRACTED if unpacked else file
+    return Resolved(text, location, artifact.model, file.parent, artifact.kind, artifact.url,
+                    unpacked, cache)
+
+
+def validate_artifact(candidate: Path) -> None:
+    """What the cache asks before committing an artifact whose hash nobody pinned: its bytes
+    (a file, or the folder an archive unpacked to) must hold weights mobilevec can read.
+    Raises WeightsError otherwise."""
+    read_weights(find_artifact(candidate) if candidate.is_dir() else candidate)
 
 
 def load(handle: str | Path, trainable: bool = False, arguments: dict[str, Any] | None = None,
@@ -119,25 +137,69 @@ def load(handle: str | Path, trainable: bool = False, arguments: dict[str, Any] 
     :class:`~mobilevec.errors.UnknownModelError` (no model fits the variables).
     """
     momentum = _momentum(arguments)
-    resolved = resolve(handle, offline=offline, progress=progress, cache=cache)
-    converted = resolved.entry / _cache.SAFETENSORS if resolved.entry is not None else None
-    weights: Path | Weights
-    if converted is not None and ema and converted.is_file():
-        weights = converted
-        log.debug("%s: warm load from %s", resolved.handle, converted)
-    else:
-        weights = read_weights(resolved.path, ema=ema)
+    resolved, weights = _resolve_and_read(handle, ema=ema, offline=offline, progress=progress,
+                                          cache=cache)
     name = model or resolved.model or _named_model(weights)
     if name not in MODELS:
-        raise WeightsError(resolved.path, f"names model {name!r}, which mobilevec does not know")
+        raise WeightsError(resolved.location, f"names model {name!r}, which mobilevec does not "
+                           "know")
     net = create_model(name, weights=weights, trainable=trainable, batch_norm_momentum=momentum)
-    if converted is not None and ema and not converted.is_file():
-        _write_converted(net, converted, resolved, cache)
+    if resolved.entry is not None and ema and weights.path.name != _cache.SAFETENSORS:
+        _write_converted(net, resolved, weights)
     if resolved.kind == "classification":
         if net.classifier is None:
-            raise WeightsError(resolved.path, "a classification module without Logits weights")
+            raise WeightsError(resolved.location, "a classification module without Logits "
+                               "weights")
         net.output = "logits"
     return net
+
+
+def _resolve_and_read(handle: str | Path, *, ema: bool, offline: bool | None, progress: bool,
+                      cache: Path | None) -> tuple[Resolved, Weights]:
+    """Resolve ``handle`` and read its weights from verified bytes only.
+
+    A converted or unpacked file that no longer matches its recorded sha256 is dropped and
+    rebuilt from the original, re-hashed in full (this works offline); an original that
+    changed is fetched again, and one that verifies but does not parse (an entry from an
+    older mobilevec that never checked) is dropped and fetched again, once.
+    """
+    offline_now = _cache.is_offline() if offline is None else offline
+    for attempt in (0, 1):
+        resolved = resolve(handle, offline=offline, progress=progress, cache=cache,
+                           rehash=attempt > 0)
+        try:
+            return resolved, _read_resolved(resolved, ema)
+        except CorruptCacheError as e:
+            if attempt:
+                raise
+            log.warning("%s; rebuilding it from the original, re-verified", e)
+            _cache.drop_derived(resolved.url, cache)
+        except WeightsError as e:
+            entry = _cache.get_entry(resolved.url, cache) if resolved.url else None
+            pinned = entry is not None and (entry.sha256_source == "registry" or entry.md5)
+            if resolved.entry is None or attempt or pinned:  # the same bytes would come back
+                raise
+            clear = _cache.CLEAR_HINT.format(resolved.handle)
+            if offline_now and urlsplit(resolved.url).scheme != "file":
+                raise OfflineError(
+                    f"{e}. The cached copy of {resolved.url} does not parse as weights and "
+                    f"cannot be fetched again offline: remove it with `{clear}` and load it "
+                    "again with network access.", url=resolved.url,
+                    path=resolved.entry) from e
+            log.warning("%s: the cached copy does not parse as weights (%s); fetching it "
+                        "again", resolved.url, e)
+            _cache.clear(resolved.url, cache=cache)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _read_resolved(resolved: Resolved, ema: bool) -> Weights:
+    if resolved.entry is not None and ema:
+        converted = _cache.check_derived(resolved.url, _cache.SAFETENSORS, resolved.cache,
+                                         resolved.handle)
+        if converted is not None:
+            log.debug("%s: warm load from %s", resolved.handle, converted)
+            return read_weights(converted)
+    return read_weights(resolved.path, ema=ema)
 
 
 def find_artifact(folder: Path) -> Path:
@@ -206,17 +268,18 @@ def model_name(resolved: Resolved) -> str:
         return resolved.model
     converted = resolved.entry / _cache.SAFETENSORS if resolved.entry is not None else None
     if converted is not None and converted.is_file():
-        return _named_model(converted)
+        recorded = read_safetensors_metadata(converted).get("model")
+        if recorded:
+            return recorded
     return _named_model(read_weights(resolved.path))
 
 
-def _named_model(weights: Path | Weights) -> str:
+def _named_model(weights: Weights) -> str:
     """The model that mobilevec safetensors record, or that the variables imply."""
-    if isinstance(weights, Path):
-        recorded = read_safetensors_metadata(weights).get("model")
+    if weights.format == "safetensors":
+        recorded = read_safetensors_metadata(weights.path).get("model")
         if recorded:
             return recorded
-        weights = read_weights(weights)
     return infer_model({k: tuple(v.shape) for k, v in weights.variables.items()})
 
 
@@ -230,16 +293,17 @@ def _momentum(arguments: dict[str, Any] | None) -> float | None:
     return None if value is None else float(value)
 
 
-def _write_converted(net: MobileNet, target: Path, resolved: Resolved,
-                     cache: Path | None) -> None:
-    """Store the weights as safetensors in the cache entry; a failure only costs speed."""
+def _write_converted(net: MobileNet, resolved: Resolved, weights: Weights) -> None:
+    """Store the weights as safetensors in the cache entry, recording their sha256; a
+    failure only costs speed."""
+    metadata = {"model": net.config.name, "source": weights.path.name}
+    if net.classifier is not None:
+        metadata["num_classes"] = str(net.classifier.out_features)
+    variables = to_tf_variables(net)
     try:
-        with _cache.entry_lock(resolved.url, cache):
-            if not target.exists():
-                metadata = {"model": net.config.name, "source": str(resolved.path.name)}
-                if net.classifier is not None:
-                    metadata["num_classes"] = str(net.classifier.out_features)
-                write_safetensors(to_tf_variables(net), target, metadata)
+        _cache.add_derived(resolved.url, _cache.SAFETENSORS,
+                           lambda target: write_safetensors(variables, target, metadata),
+                           resolved.cache)
     except (OSError, MobilevecError) as e:
         log.warning("could not store converted weights in %s (%s); later loads will parse "
-                    "the original artifact again", target.parent, e)
+                    "the original artifact again", resolved.entry, e)
