@@ -92,6 +92,11 @@ class StoreError(MobilevecError):
     """A vector store that cannot be used as asked; the message says what to do."""
 
 
+class DedupError(MobilevecError, ValueError):
+    """A dedup or neighbours request that cannot be done as asked (threshold outside
+    [-1, 1], unknown rule, a store of a model with no calibrated rule)."""
+
+
 class RunError(MobilevecError):
     """A run folder that is missing, incomplete or does not fit the request."""
 

@@ -3,7 +3,8 @@
 Names follow TF Hub (``mobilenet_v2_100_224``, ``mobilenet_v3_small_075_224``). Every
 variant is a row of data over the tables in :mod:`mobilevec.models.specs`. A
 :class:`ModelConfig` carries what users of the vectors need to know: the input contract
-(size, value range, resize rule), the output size and the default near-duplicate threshold;
+(size, value range, resize rule), the output size and the near-duplicate rule
+(:class:`DedupRule`: how ``dedup`` scores a pair and the calibrated threshold);
 weights artifacts (:mod:`mobilevec.hub.artifacts`) point at a config, so that ``load``,
 ``embed`` and ``export`` read the contract instead of guessing it.
 """
@@ -43,6 +44,34 @@ class InputContract:
                 f"published at {h}x{w}; files resized by {self.resize}, crop {self.crop}")
 
 
+SCORES = ("cosine", "centred")
+
+
+@dataclass(frozen=True)
+class DedupRule:
+    """How ``dedup`` compares two images of one collection, and where it draws the line.
+
+    ``score`` "cosine": the cosine of the two vectors; "centred": the cosine of the two
+    vectors after subtracting the collection's mean vector (collection-adaptive: V2's
+    pooled ReLU6 features are all non-negative, so every plain cosine is high and only the
+    part that differs from the average photo tells duplicates apart). ``threshold``: pairs
+    scoring at or above it are near-duplicates. Calibrated on transformed copies of real
+    photos by ``benchmarks/dedup_quality.py`` (docs/dedup.md).
+    """
+
+    score: str
+    threshold: float
+
+    def describe(self) -> str:
+        what = "cosine" if self.score == "cosine" else "cosine of collection-centred vectors"
+        return f"{what} >= {self.threshold:g}"
+
+
+# Calibrated by benchmarks/dedup_quality.py (docs/benchmarks.md, "Dedup and search").
+_V2_DEDUP = DedupRule("centred", 0.83)
+_V3_DEDUP = DedupRule("centred", 0.68)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """What a model name means: architecture, multiplier and the contract of its vectors.
@@ -50,8 +79,8 @@ class ModelConfig:
     ``image_size`` is the size the TF Hub module was trained and published for (see
     :attr:`input`). ``batch_norm_momentum`` is TF's convention (decay of the moving
     averages) used when fine-tuning: TF Hub's V3 cards default to 0.99, TF-Slim's training
-    scope (V2) to 0.997. ``dedup_threshold`` is the cosine at or above which ``dedup``
-    calls two images near-duplicates by default.
+    scope (V2) to 0.997. ``dedup`` is the :class:`DedupRule` ``mobilevec dedup`` applies by
+    default (``dedup_threshold`` is its threshold).
     """
 
     name: str
@@ -59,7 +88,11 @@ class ModelConfig:
     multiplier: float
     image_size: int
     batch_norm_momentum: float
-    dedup_threshold: float = 0.95
+    dedup: DedupRule = _V3_DEDUP
+
+    @property
+    def dedup_threshold(self) -> float:
+        return self.dedup.threshold
 
     @property
     def input(self) -> InputContract:
@@ -83,13 +116,14 @@ def _build_registry() -> dict[str, ModelConfig]:
     for mult in ("035", "050", "075", "100", "130", "140"):
         for size in (96, 128, 160, 192, 224):
             configs.append(ModelConfig(f"mobilenet_v2_{mult}_{size}", "mobilenet_v2",
-                                       int(mult) / 100, size, 0.997))
+                                       int(mult) / 100, size, 0.997, _V2_DEDUP))
     for kind in ("small", "large"):
         for mult in ("075", "100"):
             configs.append(ModelConfig(f"mobilenet_v3_{kind}_{mult}_224", f"mobilenet_v3_{kind}",
-                                       int(mult) / 100, 224, 0.99))
+                                       int(mult) / 100, 224, 0.99, _V3_DEDUP))
         configs.append(ModelConfig(f"mobilenet_v3_{kind}_minimalistic_100_224",
-                                   f"mobilenet_v3_{kind}_minimalistic", 1.0, 224, 0.99))
+                                   f"mobilenet_v3_{kind}_minimalistic", 1.0, 224, 0.99,
+                                   _V3_DEDUP))
     return {c.name: c for c in configs}
 
 

@@ -1,0 +1,589 @@
+"""Near-duplicate groups that do not chain, top-k neighbour graphs, and ``dedup --new``.
+
+A *score* compares two images of one collection (:class:`~mobilevec.models.registry.DedupRule`):
+the cosine of their vectors, or the cosine after subtracting the collection's mean vector
+("centred"). Pairs at or above the rule's threshold are near-duplicates.
+
+How groups are made, at any size, without an N x N matrix:
+
+1. **k-NN graph.** Each image's ``k`` highest-scoring other images. Exact (blockwise matrix
+   products) below :data:`ANN_MIN_ROWS` rows; above, an HNSW index (usearch) over the
+   scored vectors projected by PCA to :data:`PROJECTED_DIM` dimensions proposes ``2k``
+   candidates per image, and every candidate is re-scored exactly on the full vectors, so a
+   score is never approximate (only a missed candidate is possible).
+2. **Groups that do not chain.** Images with the most above-threshold neighbours are taken
+   first as *seeds*; a neighbour joins a seed's group only if it scores at or above the
+   threshold with **every** member already in it (complete linkage). A~B and B~C with A, C
+   unrelated give {A, B} and {C} (or {B, C} and {A}), never {A, B, C}.
+3. **Keep rule.** In each group one image is kept (``largest`` file, ``oldest`` mtime, or
+   ``first`` in the store's order) and the others are listed for removal with their score
+   to the kept one.
+
+The graph (and, on the ANN path, the index, the mean and the projection) is kept in the
+store's folder under ``_dedup/``, with the signature of the store's parts: a later ``dedup``
+on an unchanged store reuses it; ``dedup --new`` scores only rows added since against the
+whole store (with the mean saved then, so that its scores are those of the last run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .._io import atomic_write, atomic_write_text
+from .._optional import available, require
+from ..errors import DedupError, StoreError
+from ..models.registry import MODELS, SCORES, DedupRule
+from .store import StoredVectors, store_paths
+
+log = logging.getLogger(__name__)
+
+ANN_MIN_ROWS = 20_000  # below this, "auto" builds the graph exactly
+PROJECTED_DIM = 128  # the ANN index's dimensions (PCA of the scored vectors)
+DEFAULT_K = 10
+KEEP_RULES = ("largest", "oldest", "first")
+METHODS = ("auto", "exact", "usearch")
+STATE_DIR = "_dedup"
+_FALLBACK = DedupRule("cosine", 0.95)
+_BLOCK_VALUES = 1 << 24  # float32 values per similarity block (64 MiB)
+_PCA_SAMPLE = 20_000
+
+
+# --- the rule ----------------------------------------------------------------------------------
+def check_threshold(threshold: float) -> float:
+    """``threshold`` as a float in [-1, 1] (a cosine), else :class:`DedupError`."""
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        raise DedupError(f"threshold {threshold!r} is not a number; give a cosine in "
+                         "[-1, 1]") from None
+    if not -1.0 <= value <= 1.0:  # also refuses nan
+        raise DedupError(f"threshold {threshold!r} is outside [-1, 1]: scores are cosines "
+                         "(1: the same vector); see docs/dedup.md")
+    return value
+
+
+def rule_for(meta: dict, threshold: float | None = None, score: str | None = None,
+             model: str | None = None) -> DedupRule:
+    """The rule ``dedup`` applies to a store made as ``meta`` says: the model's calibrated
+    rule, with ``threshold`` / ``score`` overriding its parts. ``model`` (a name the user
+    gave) must be the store's model. A store of a model mobilevec does not know needs an
+    explicit ``threshold``."""
+    stored = meta.get("model")
+    if model is not None and model != stored:
+        raise DedupError(f"the store holds {stored} vectors, not {model}; its near-duplicate "
+                         "rule is that model's (drop --model, or use a store of that model)")
+    if score is not None and score not in SCORES:
+        raise DedupError(f"unknown score {score!r}; use one of {SCORES}")
+    config = MODELS.get(stored) if isinstance(stored, str) else None
+    if config is None:
+        if threshold is None:
+            raise DedupError(f"the store was written by model {stored!r}, which has no "
+                             "calibrated near-duplicate rule; give --threshold (and "
+                             "--score cosine|centred)")
+        base = _FALLBACK
+    else:
+        base = config.dedup
+    return DedupRule(score or base.score,
+                     base.threshold if threshold is None else check_threshold(threshold))
+
+
+# --- scores ------------------------------------------------------------------------------------
+def _blocks(rows: int, columns: int, values: int = _BLOCK_VALUES):
+    step = max(1, values // max(columns, 1))
+    for start in range(0, rows, step):
+        yield start, min(rows, start + step)
+
+
+def collection_mean(vectors: np.ndarray) -> np.ndarray:
+    """The mean of the L2-normalised rows (float32), in blocks: no full float32 copy."""
+    total = np.zeros(vectors.shape[1], np.float64)
+    for a, b in _blocks(len(vectors), vectors.shape[1]):
+        block = np.asarray(vectors[a:b], np.float32)
+        total += (block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True),
+                                     1e-12)).sum(0)
+    return (total / max(len(vectors), 1)).astype(np.float32)
+
+
+@dataclass
+class Scorer:
+    """Turns stored rows into unit vectors whose dot products are the rule's scores."""
+
+    score: str
+    mean: np.ndarray | None = None  # for "centred": the collection's mean unit vector
+
+    @classmethod
+    def fit(cls, score: str, vectors: np.ndarray) -> Scorer:
+        return cls(score, collection_mean(vectors) if score == "centred" else None)
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, np.float32)
+        rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+        if self.score == "centred" and self.mean is not None:
+            rows = rows - self.mean
+            rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+        return rows
+
+
+def pair_scores(vectors: np.ndarray, scorer: Scorer, rows: list[int]) -> np.ndarray:
+    """(len(rows), len(rows)) scores among ``rows`` (exact)."""
+    unit = scorer(vectors[np.asarray(rows, np.intp)])
+    return unit @ unit.T
+
+
+# --- the k-NN graph ----------------------------------------------------------------------------
+@dataclass
+class Graph:
+    """Each query row's ``k`` best other rows: ``indices`` (Q, k) int64 (-1: none) and
+    ``scores`` (Q, k) float32, best first; ``rows`` are the query rows (all rows, or the new
+    ones for ``--new``)."""
+
+    rows: np.ndarray
+    indices: np.ndarray
+    scores: np.ndarray
+    method: str
+
+
+def _exact_topk(queries: np.ndarray, query_rows: np.ndarray, vectors: np.ndarray,
+                scorer: Scorer, k: int) -> tuple[np.ndarray, np.ndarray]:
+    n = len(vectors)
+    k_eff = max(0, min(k, n - 1))
+    indices = np.full((len(queries), k), -1, np.int64)
+    scores = np.full((len(queries), k), -np.inf, np.float32)
+    if k_eff == 0 or len(queries) == 0:
+        return indices, scores
+    q = scorer(queries)
+    best_i = np.full((len(q), k_eff), -1, np.int64)
+    best_s = np.full((len(q), k_eff), -np.inf, np.float32)
+    # The corpus in column blocks, each scored once: never a full float32 copy of it.
+    col_step = min(n, 32_768)
+    for c0 in range(0, n, col_step):
+        c1 = min(n, c0 + col_step)
+        corpus = scorer(vectors[c0:c1])
+        for a, b in _blocks(len(q), c1 - c0):
+            sims = q[a:b] @ corpus.T
+            own = query_rows[a:b]
+            inside = (own >= c0) & (own < c1)
+            sims[np.nonzero(inside)[0], own[inside] - c0] = -np.inf
+            cand_s = np.concatenate([best_s[a:b], sims], axis=1)
+            cand_i = np.concatenate([best_i[a:b],
+                                     np.broadcast_to(np.arange(c0, c1), sims.shape)], axis=1)
+            top = np.argsort(-cand_s, axis=1, kind="stable")[:, :k_eff]
+            best_s[a:b] = np.take_along_axis(cand_s, top, axis=1)
+            best_i[a:b] = np.take_along_axis(cand_i, top, axis=1)
+    indices[:, :k_eff], scores[:, :k_eff] = best_i, best_s
+    indices[~np.isfinite(scores)] = -1
+    return indices, scores
+
+
+def _fit_projection(vectors: np.ndarray, scorer: Scorer, dim: int, seed: int = 0
+                    ) -> np.ndarray | None:
+    """(D, dim) PCA basis of the scored vectors (from a sample), or None when D <= dim."""
+    if vectors.shape[1] <= dim:
+        return None
+    rng = np.random.default_rng(seed)
+    take = np.sort(rng.choice(len(vectors), min(len(vectors), _PCA_SAMPLE), replace=False))
+    sample = scorer(vectors[take])
+    _, _, vt = np.linalg.svd(sample - sample.mean(0), full_matrices=False)
+    return np.ascontiguousarray(vt[:dim].T, np.float32)
+
+
+def _project(vectors: np.ndarray, scorer: Scorer, basis: np.ndarray | None) -> np.ndarray:
+    dim = vectors.shape[1] if basis is None else basis.shape[1]
+    out = np.empty((len(vectors), dim), np.float32)
+    for a, b in _blocks(len(vectors), vectors.shape[1]):
+        unit = scorer(vectors[a:b])
+        out[a:b] = unit if basis is None else unit @ basis
+    return out
+
+
+def _new_index(dim: int):
+    from usearch.index import Index
+
+    # Connectivity and expansion below usearch's defaults: candidates are re-scored exactly,
+    # so the index only has to propose them, and 10^6 rows must build in minutes on 2 cores.
+    return Index(ndim=dim, metric="cos", dtype="f32", connectivity=12, expansion_add=64,
+                 expansion_search=64)
+
+
+def _rescore(index, queries: np.ndarray, query_rows: np.ndarray, vectors: np.ndarray,
+             scorer: Scorer, key_to_row, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """ANN candidates of each query, re-scored exactly on the full vectors; best ``k``."""
+    indices = np.full((len(queries), k), -1, np.int64)
+    scores = np.full((len(queries), k), -np.inf, np.float32)
+    wanted = min(2 * k + 1, len(index))
+    if wanted == 0:
+        return indices, scores
+    step = 4096
+    for a in range(0, len(queries), step):
+        b = min(len(queries), a + step)
+        found = index.search(queries[a:b], wanted)
+        keys = np.atleast_2d(np.asarray(found.keys)).astype(np.int64)
+        cand = key_to_row(keys)  # (B, wanted) rows, -1 for keys no longer in the store
+        cand[cand == query_rows[a:b, None]] = -1
+        unit_q = scorer(vectors[query_rows[a:b]])
+        flat = np.where(cand < 0, 0, cand).ravel()
+        unit_c = scorer(vectors[flat]).reshape(b - a, wanted, -1)
+        sims = np.einsum("bd,bkd->bk", unit_q, unit_c)
+        sims[cand < 0] = -np.inf
+        top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        got = min(k, wanted)
+        indices[a:b, :got] = np.take_along_axis(cand, top, axis=1)
+        scores[a:b, :got] = np.take_along_axis(sims, top, axis=1)
+    indices[~np.isfinite(scores)] = -1
+    return indices, scores
+
+
+def knn_graph(vectors: np.ndarray, scorer: Scorer, k: int = DEFAULT_K, method: str = "auto",
+              rows: np.ndarray | None = None) -> Graph:
+    """The ``k`` best-scoring other rows of each of ``rows`` (default: all), over all rows.
+
+    ``method`` "exact", "usearch" (HNSW proposals, exact re-scoring) or "auto" (usearch
+    from :data:`ANN_MIN_ROWS` rows when installed). In memory only; see :func:`find_duplicates`
+    for the graph kept with a store.
+    """
+    method = _method(method, len(vectors))
+    rows = np.arange(len(vectors)) if rows is None else np.asarray(rows, np.int64)
+    if method == "exact":
+        return Graph(rows, *_exact_topk(vectors[rows], rows, vectors, scorer, k), "exact")
+    basis = _fit_projection(vectors, scorer, PROJECTED_DIM)
+    projected = _project(vectors, scorer, basis)
+    index = _new_index(projected.shape[1])
+    index.add(np.arange(len(vectors), dtype=np.uint64), projected)
+    return Graph(rows, *_rescore(index, projected[rows], rows, vectors, scorer,
+                                 lambda keys: keys, k), "usearch")
+
+
+def _method(method: str, rows: int) -> str:
+    if method not in METHODS:
+        raise DedupError(f"unknown method {method!r}; use one of {METHODS}")
+    if method == "auto":
+        return "usearch" if rows >= ANN_MIN_ROWS and available("usearch") else "exact"
+    if method == "usearch":
+        require("usearch.index", "index", purpose="--index usearch")
+    return method
+
+
+# --- groups ------------------------------------------------------------------------------------
+@dataclass
+class Group:
+    """One group of near-duplicates: the row kept, the rows to remove and each one's score
+    to the kept row (same order)."""
+
+    keep: int
+    remove: list[int]
+    scores: list[float]
+
+    @property
+    def members(self) -> list[int]:
+        return [self.keep, *self.remove]
+
+
+@dataclass
+class DedupResult:
+    groups: list[Group]
+    rule: DedupRule
+    method: str
+    images: int
+    checked: int  # rows whose neighbours were looked at (all, or the new ones)
+    k: int
+    reused: bool = False  # the graph kept with the store was up to date
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def duplicates(self) -> int:
+        return sum(len(g.remove) for g in self.groups)
+
+
+def group_graph(graph: Graph, vectors: np.ndarray, scorer: Scorer, threshold: float
+                ) -> list[list[int]]:
+    """Complete-linkage groups from a k-NN graph: every member of a group scores at or above
+    ``threshold`` with every other member. Seeds are the rows with the most above-threshold
+    neighbours (then the highest score sum, then the lowest row)."""
+    keep = (graph.indices >= 0) & (graph.scores >= threshold)
+    src = np.repeat(graph.rows, keep.sum(1))
+    dst = graph.indices[keep]
+    sc = graph.scores[keep]
+    if len(src) == 0:
+        return []
+    # Symmetrise: an edge found from either side counts (the score is symmetric).
+    a = np.concatenate([src, dst])
+    b = np.concatenate([dst, src])
+    s = np.concatenate([sc, sc])
+    order = np.lexsort((-s, a))
+    a, b, s = a[order], b[order], s[order]
+    pair = np.stack([a, b], 1)
+    _, first = np.unique(pair, axis=0, return_index=True)
+    first.sort()
+    a, b, s = a[first], b[first], s[first]
+    nodes, starts, degree = np.unique(a, return_index=True, return_counts=True)
+    strength = np.add.reduceat(s, starts)
+    seeds = nodes[np.lexsort((nodes, -strength, -degree))]
+    where = {int(n): (int(st), int(d)) for n, st, d in zip(nodes, starts, degree, strict=True)}
+    assigned: set[int] = set()
+    groups: list[list[int]] = []
+    for seed in seeds.tolist():
+        if seed in assigned:
+            continue
+        st, d = where[seed]
+        cands = [int(j) for j in b[st:st + d] if int(j) not in assigned]  # best score first
+        if not cands:
+            continue
+        members = [seed, *cands]
+        sims = pair_scores(vectors, scorer, members)
+        chosen = [0]
+        for c in range(1, len(members)):
+            if all(sims[c, m] >= threshold for m in chosen):
+                chosen.append(c)
+        if len(chosen) > 1:
+            group = [members[c] for c in chosen]
+            assigned.update(group)
+            groups.append(group)
+    return groups
+
+
+def _choose_keep(group: list[int], stored: StoredVectors, keep: str) -> int:
+    if keep == "largest":
+        return max(group, key=lambda i: (int(stored.sizes[i]), -i))
+    if keep == "oldest":
+        return min(group, key=lambda i: (int(stored.mtimes_ns[i]), i))
+    return min(group)
+
+
+def _decide(groups: list[list[int]], stored: StoredVectors, scorer: Scorer, keep: str
+            ) -> list[Group]:
+    if keep not in KEEP_RULES:
+        raise DedupError(f"unknown keep rule {keep!r}; use one of {KEEP_RULES}")
+    out = []
+    for members in groups:
+        kept = _choose_keep(members, stored, keep)
+        rest = sorted(i for i in members if i != kept)
+        unit = scorer(stored.vectors[[kept, *rest]])
+        sims = unit[1:] @ unit[0]
+        order = np.argsort(-sims, kind="stable")
+        out.append(Group(kept, [rest[i] for i in order], [float(sims[i]) for i in order]))
+    return sorted(out, key=lambda g: (-len(g.remove), g.keep))
+
+
+# --- state kept with the store -----------------------------------------------------------------
+def row_keys(stored: StoredVectors) -> np.ndarray:
+    """A 63-bit id of each row's (path, size, mtime): what ``--new`` has seen before."""
+    out = np.empty(len(stored.paths), np.int64)
+    for i, (p, s, m) in enumerate(zip(stored.paths, stored.sizes.tolist(),
+                                      stored.mtimes_ns.tolist(), strict=True)):
+        digest = hashlib.blake2b(f"{p}\0{s}\0{m}".encode("utf-8", "surrogateescape"),
+                                 digest_size=8).digest()
+        out[i] = int.from_bytes(digest, "little") >> 1
+    return out
+
+
+def _signature(output: str | Path) -> dict:
+    from .index import store_signature
+
+    return store_signature(output)
+
+
+def _state_dir(output: str | Path) -> Path:
+    return store_paths(output)[0] / STATE_DIR
+
+
+def _identity(stored: StoredVectors, rule: DedupRule) -> dict:
+    meta = stored.meta
+    return {"model": meta.get("model"), "fingerprint": meta.get("fingerprint"),
+            "dim": int(stored.vectors.shape[1]), "score": rule.score}
+
+
+def _load_state(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _save(folder: Path, state: dict, arrays: dict[str, np.ndarray], index=None) -> None:
+    """Best effort: a store on read-only media still dedups, in memory only."""
+    try:
+        folder.mkdir(exist_ok=True)
+        atomic_write(folder / "graph.npz", lambda tmp: _savez(tmp, arrays))
+        if index is not None:
+            atomic_write(folder / "index.usearch", lambda tmp: index.save(str(tmp)))
+        elif (folder / "index.usearch").exists():
+            (folder / "index.usearch").unlink()
+        atomic_write_text(folder / "state.json", json.dumps(state))
+    except OSError as e:
+        log.warning("could not keep the dedup graph in %s (%s); it is rebuilt next time",
+                    folder, e)
+
+
+def _savez(tmp: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _load_arrays(folder: Path) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(folder / "graph.npz", allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def forget(output: str | Path) -> None:
+    """Delete the dedup state kept with a store (the next ``dedup`` starts over)."""
+    shutil.rmtree(_state_dir(output), ignore_errors=True)
+
+
+# --- the entry point ---------------------------------------------------------------------------
+def find_duplicates(output: str | Path, stored: StoredVectors, rule: DedupRule, *,
+                    keep: str = "largest", k: int = DEFAULT_K, method: str = "auto",
+                    new: bool = False) -> DedupResult:
+    """Near-duplicate groups of a store (``stored`` = :func:`read_store` of ``output``).
+
+    Uses and updates the graph kept in ``output``'s ``_dedup/`` folder. ``new``: only rows
+    added since the last run are looked at (against every row); without a last run, all
+    are. Raises :class:`DedupError` for an empty store or bad arguments.
+    """
+    check_threshold(rule.threshold)
+    if keep not in KEEP_RULES:
+        raise DedupError(f"unknown keep rule {keep!r}; use one of {KEEP_RULES}")
+    if k < 1:
+        raise DedupError(f"k must be 1 or more, not {k}")
+    n = len(stored.paths)
+    if n == 0:
+        raise StoreError(f"{output} holds no vectors: nothing to deduplicate (run "
+                         "`mobilevec embed ... -o` first, or check its errors file)")
+    method = _method(method, n)
+    folder = _state_dir(output)
+    identity = {**_identity(stored, rule), "k": k, "method": method}
+    signature = _signature(output)
+    state = _load_state(folder)
+    same_model = state is not None and state.get("identity") == identity
+    arrays = _load_arrays(folder) if same_model else None
+    keys = row_keys(stored)
+    notes: list[str] = []
+    if new and arrays is None:
+        notes.append("no earlier dedup of this store (or one with other settings): all "
+                     "images were checked")
+        new = False
+    if new:
+        result = _dedup_new(stored, rule, keep, k, method, keys, arrays, folder, identity,
+                            signature)
+        result.notes += notes
+        return result
+    if arrays is not None and state.get("signature") == signature and "indices" in arrays:
+        scorer = Scorer(rule.score, arrays.get("mean"))
+        graph = Graph(np.arange(n), arrays["indices"], arrays["scores"], method)
+        reused = True
+    else:
+        scorer = Scorer.fit(rule.score, stored.vectors)
+        graph, index, basis = _full_graph(stored.vectors, scorer, k, method, keys)
+        mean = scorer.mean if scorer.mean is not None else np.zeros(0, np.float32)
+        saved = {"indices": graph.indices, "scores": graph.scores, "mean": mean,
+                 "seen": np.sort(keys)}
+        if basis is not None:
+            saved["basis"] = basis
+        _save(folder, {"identity": identity, "signature": signature}, saved, index)
+        reused = False
+    groups = group_graph(graph, stored.vectors, scorer, rule.threshold)
+    return DedupResult(_decide(groups, stored, scorer, keep), rule, method, n, n, k, reused,
+                       notes)
+
+
+def _full_graph(vectors: np.ndarray, scorer: Scorer, k: int, method: str, keys: np.ndarray):
+    rows = np.arange(len(vectors))
+    if method == "exact":
+        return Graph(rows, *_exact_topk(vectors, rows, vectors, scorer, k), "exact"), None, None
+    basis = _fit_projection(vectors, scorer, PROJECTED_DIM)
+    if basis is None:
+        basis = np.eye(vectors.shape[1], dtype=np.float32)
+    projected = _project(vectors, scorer, basis)
+    index = _new_index(projected.shape[1])
+    log.info("building an HNSW index of %d projected vectors", len(vectors))
+    index.add(keys.astype(np.uint64), projected)
+    key_to_row = _key_lookup(keys)
+    graph = Graph(rows, *_rescore(index, projected, rows, vectors, scorer, key_to_row, k),
+                  "usearch")
+    return graph, index, basis
+
+
+def _key_lookup(keys: np.ndarray):
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+
+    def lookup(found: np.ndarray) -> np.ndarray:
+        pos = np.clip(np.searchsorted(sorted_keys, found), 0, len(sorted_keys) - 1)
+        return np.where(sorted_keys[pos] == found, order[pos], -1).astype(np.int64)
+
+    return lookup
+
+
+def _dedup_new(stored: StoredVectors, rule: DedupRule, keep: str, k: int, method: str,
+               keys: np.ndarray, arrays: dict, folder: Path, identity: dict,
+               signature: dict) -> DedupResult:
+    seen = arrays["seen"]
+    pos = np.clip(np.searchsorted(seen, keys), 0, max(len(seen) - 1, 0))
+    is_new = (seen[pos] != keys) if len(seen) else np.ones(len(keys), bool)
+    new_rows = np.nonzero(is_new)[0]
+    mean = arrays.get("mean")
+    scorer = Scorer(rule.score, mean if mean is not None and len(mean) else None)
+    index = None
+    if method == "exact" or len(new_rows) == 0:
+        graph = Graph(new_rows, *_exact_topk(stored.vectors[new_rows], new_rows,
+                                             stored.vectors, scorer, k), "exact")
+    else:
+        from usearch.index import Index
+
+        basis = arrays["basis"]
+        index = Index.restore(str(folder / "index.usearch"), view=False)
+        if index is None:
+            raise DedupError(f"{folder / 'index.usearch'} is missing or damaged; run dedup "
+                             "without --new to rebuild it")
+        projected = _project(stored.vectors[new_rows], scorer, basis)
+        index.add(keys[new_rows].astype(np.uint64), projected)
+        graph = Graph(new_rows, *_rescore(index, projected, new_rows, stored.vectors, scorer,
+                                          _key_lookup(keys), k), "usearch")
+    groups = group_graph(graph, stored.vectors, scorer, rule.threshold)
+    new_set = set(new_rows.tolist())
+    groups = [g for g in groups if new_set.intersection(g)]
+    saved = {name: value for name, value in arrays.items() if name not in ("indices", "scores")}
+    saved["seen"] = np.union1d(seen, keys[new_rows])
+    # The full graph is stale now; the next full dedup rebuilds it (with a fresh mean).
+    _save(folder, {"identity": identity, "signature": None}, saved, index)
+    return DedupResult(_decide(groups, stored, scorer, keep), rule, graph.method,
+                       len(stored.paths), len(new_rows), k)
+
+
+def top_neighbours(output: str | Path, stored: StoredVectors, rule: DedupRule,
+                   k: int = DEFAULT_K, method: str = "auto") -> Graph:
+    """Every row's ``k`` best-scoring other rows under ``rule``'s score (the graph that
+    ``dedup`` keeps; reused when up to date, else built and kept)."""
+    if len(stored.paths) == 0:
+        raise StoreError(f"{output} holds no vectors: no neighbours to list")
+    method = _method(method, len(stored.paths))
+    folder = _state_dir(output)
+    identity = {**_identity(stored, rule), "k": k, "method": method}
+    state = _load_state(folder)
+    if state is not None and state.get("identity") == identity \
+            and state.get("signature") == _signature(output):
+        arrays = _load_arrays(folder)
+        if arrays is not None and "indices" in arrays:
+            return Graph(np.arange(len(stored.paths)), arrays["indices"], arrays["scores"],
+                         method)
+    # find_duplicates builds and keeps the graph; the groups are a cheap by-product.
+    find_duplicates(output, stored, rule, k=k, method=method)
+    arrays = _load_arrays(folder)
+    if arrays is None or "indices" not in arrays:  # read-only store: build in memory
+        scorer = Scorer.fit(rule.score, stored.vectors)
+        return knn_graph(stored.vectors, scorer, k, method)
+    return Graph(np.arange(len(stored.paths)), arrays["indices"], arrays["scores"], method)
+
+
+def finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
