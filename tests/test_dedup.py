@@ -1,0 +1,79 @@
+"""Near-duplicate grouping (mobilevec.embedding.dedup): no chaining, the ANN path agrees
+with the exact one, and bad requests are refused. Vectors are hand-built, so the expected
+groups follow from their construction, not from the code under test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mobilevec.embedding import dedup
+from mobilevec.embedding.store import StoredVectors
+from mobilevec.errors import DedupError, StoreError
+from mobilevec.models.registry import DedupRule
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _groups(vectors: np.ndarray, threshold: float, method: str = "exact", k: int = 8):
+    scorer = dedup.Scorer.fit("cosine", vectors)
+    graph = dedup.knn_graph(vectors, scorer, k=k, method=method)
+    return sorted(sorted(g) for g in dedup.group_graph(graph, vectors, scorer, threshold))
+
+
+def test_a_chain_does_not_merge_its_unrelated_ends():
+    # A and C are orthogonal; B sits between them at cosine cos(45 deg) ~ 0.707 to each.
+    a, c = np.eye(4, dtype=np.float32)[:2]
+    b = _unit(a + c)
+    vectors = np.stack([a, b, c, np.eye(4, dtype=np.float32)[3]])
+    groups = _groups(vectors, threshold=0.7)
+    assert all(not {0, 2} <= set(g) for g in groups), groups
+    assert len(groups) == 1 and 1 in groups[0]  # B pairs with one end, never both
+
+
+def test_transformed_copies_group_with_their_original_and_distractors_stay_alone():
+    rng = np.random.default_rng(0)
+    originals = _unit(rng.standard_normal((30, 64)))
+    copies = _unit(originals[:, None, :] + 0.04 * rng.standard_normal((30, 3, 64)))
+    distractors = _unit(rng.standard_normal((40, 64)))
+    vectors = np.concatenate([originals, copies.reshape(-1, 64), distractors])
+    expected = sorted(sorted([i, *(30 + 3 * i + j for j in range(3))]) for i in range(30))
+    assert _groups(vectors, threshold=0.8) == expected
+
+
+def test_the_ann_path_gives_the_groups_of_the_exact_path():
+    pytest.importorskip("usearch", reason="usearch (the index extra) is not installed")
+    rng = np.random.default_rng(1)
+    centres = _unit(rng.standard_normal((300, 256)))
+    members = _unit(centres[:, None, :] + 0.02 * rng.standard_normal((300, 4, 256)))
+    vectors = np.concatenate([members.reshape(-1, 256),
+                              _unit(rng.standard_normal((1800, 256)))])
+    exact = _groups(vectors, threshold=0.8, method="exact")
+    assert len(exact) == 300
+    assert _groups(vectors, threshold=0.8, method="usearch") == exact
+
+
+@pytest.mark.parametrize("threshold", [2, -1.5, float("nan"), "high"])
+def test_a_threshold_outside_minus_one_to_one_is_refused(threshold):
+    with pytest.raises(DedupError, match="threshold"):
+        dedup.check_threshold(threshold)
+
+
+def test_a_store_of_another_model_is_refused():
+    with pytest.raises(DedupError, match="mobilenet_v3_small_075_224"):
+        dedup.rule_for({"model": "mobilenet_v3_small_075_224"}, model="mobilenet_v2_100_224")
+
+
+def test_an_unknown_model_needs_an_explicit_threshold():
+    with pytest.raises(DedupError, match="--threshold"):
+        dedup.rule_for({"model": "somebody_elses_net"})
+    assert dedup.rule_for({"model": "somebody_elses_net"}, threshold=0.9).threshold == 0.9
+
+
+def test_an_empty_store_is_refused(tmp_path):
+    empty = StoredVectors([], np.zeros(0, np.int64), np.zeros(0, np.int64),
+                          np.zeros((0, 1024), np.float32), {"model": "mobilenet_v3_small_075_224"})
+    with pytest.raises(StoreError, match="no vectors"):
+        dedup.find_duplicates(tmp_path / "out.parquet", empty, DedupRule("cosine", 0.9))
