@@ -21,3 +21,23 @@ def require(path: Path) -> Path:
         pytest.skip(f"real artifact not found at {path}; set MOBILEVEC_WEIGHTS_DIR / "
                     "MOBILEVEC_DATA_DIR or place ../shared beside the repo")
     return path
+
+
+def _native_int8_reason() -> str | None:
+    from mobilevec.engines.default import check_precision
+    from mobilevec.errors import MobilevecError
+
+    try:
+        check_precision("int8")
+    except MobilevecError as e:
+        return str(e)
+    return None
+
+
+# int8 accuracy is a property of the CPU's kernels: without VNNI/AMX, OpenVINO and ONNX
+# Runtime multiply u8 x s8 pairs with AVX2's saturating 16-bit sums (vpmaddubsw), so the
+# measured cosines are those of a CPU that `--precision int8` refuses anyway.
+_INT8_REASON = _native_int8_reason()
+needs_native_int8 = pytest.mark.skipif(
+    _INT8_REASON is not None,
+    reason=f"int8 accuracy needs native int8 dot products: {_INT8_REASON}")

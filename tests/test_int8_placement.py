@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from shared_paths import V2_NPY, V3_TFLITE, require
+from shared_paths import V2_NPY, V3_TFLITE, needs_native_int8, require
 
 import mobilevec
 from mobilevec.export import export, exported_metadata, onnx_model
@@ -115,6 +115,7 @@ def _mean_errors(int8, fp32, batches, names) -> list[np.ndarray]:
     return [(g - r).mean(axis=(0, 2, 3)) for g, r in zip(got, ref, strict=True)]
 
 
+@needs_native_int8
 def test_bias_correction_zeroes_each_int8_convolutions_mean_error(tmp_path):
     fp32 = equalize_conv_inputs(_v3_graph(), _batches())
     batches = _batches()
@@ -141,6 +142,7 @@ def test_bias_correction_zeroes_each_int8_convolutions_mean_error(tmp_path):
 
 
 # --- the real weights -----------------------------------------------------------------
+@needs_native_int8
 @pytest.mark.parametrize("name, weights, most_fp32_blocks", [(V3, V3_TFLITE, 3), (V2, V2_NPY, 0)])
 def test_openvino_int8_export_keeps_vectors_at_cosine_099(name, weights, most_fp32_blocks,
                                                            data_dir, tmp_path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from shared_paths import DATA_DIR, V2_NPY, V3_TFLITE, require
+from shared_paths import DATA_DIR, V2_NPY, V3_TFLITE, needs_native_int8, require
 
 import mobilevec
 
@@ -102,6 +102,7 @@ def test_a_graph_without_the_centring_offset_is_left_alone():
     assert [op.get_type_name() for op in model.get_ordered_ops()].count("FakeQuantize") == 0
 
 
+@needs_native_int8
 @pytest.mark.parametrize("name", [V2, V3])
 def test_int8_stem_pads_with_the_centre_and_stays_close_to_torch(modules, photos, name):
     """In fp32 everywhere else, the int8 first convolution is the only difference.
@@ -121,6 +122,7 @@ def test_int8_stem_pads_with_the_centre_and_stays_close_to_torch(modules, photos
     assert cosines.mean() > 0.9995 and cosines.min() > 0.998, cosines
 
 
+@needs_native_int8
 @pytest.mark.parametrize("name", [V2, V3])
 def test_bf16_engine_keeps_the_vectors(modules, photos, name):
     """bf16 (with its int8 stem, the default) within cosine 0.99 of the fp32 module.
