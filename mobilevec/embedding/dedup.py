@@ -66,7 +66,7 @@ def check_threshold(threshold: float) -> float:
                          "[-1, 1]") from None
     if not -1.0 <= value <= 1.0:  # also refuses nan
         raise DedupError(f"threshold {threshold!r} is outside [-1, 1]: scores are cosines "
-                         "(1: the same vector); see docs/dedup.md")
+                         "(1: the same vector)")
     return value
 
 
