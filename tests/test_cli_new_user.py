@@ -392,6 +392,21 @@ def test_cache_import_accepts_the_npy_folder_the_offline_message_advises(cache_r
     capsys.readouterr()
 
 
+def test_cache_import_and_clear_report_json(cache_root, v2_npy, capsys):
+    import hashlib
+
+    assert main(["cache", "import", str(v2_npy), "--as", V2_HANDLE, "--json"]) == 0
+    imported = json.loads(capsys.readouterr().out)
+    # a folder is cached as its deterministic tar: the entry's sha256 is that file's
+    assert imported["sha256"] == hashlib.sha256(Path(imported["file"]).read_bytes()).hexdigest()
+    assert imported["imported"] == str(v2_npy) and imported["url"]
+    assert main(["cache", "clear", V2_HANDLE, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["removed_entries"] == 1
+    assert main(["cache", "clear", "--all", "--json"]) == 0
+    cleared = json.loads(capsys.readouterr().out)
+    assert cleared["removed_entries"] == 0 and isinstance(cleared["removed_engines"], int)
+
+
 def test_cache_import_of_a_folder_checks_its_tree_hash_and_refuses_links(cache_root, tmp_path,
                                                                        v2_npy, capsys):
     from mobilevec._io import sha256_tree
@@ -426,6 +441,21 @@ def test_train_names_its_figures_and_evaluate_warns_about_training_images(tmp_pa
     captured = capsys.readouterr()
     assert "warning" not in captured.err
     assert json.loads(captured.out)["seen_in_training"] == {"train": [], "val": []}
+
+
+def test_train_json_is_the_only_stdout(tmp_path, capsys):
+    data = class_tree(tmp_path / "data", per_class=5)
+    run = tmp_path / "run"
+    assert main(["train", str(data), "-o", str(run), "--model", V3, "--image-size", "48",
+                 "--workers", "0", "--epochs", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)  # no epoch lines mixed in
+    assert report["run"] == str(run) and [e["epoch"] for e in report["epochs"]] == [1, 2]
+    assert report["best_epoch"] in (1, 2)
+    recorded = json.loads((run / "run.json").read_text())
+    assert report["validation"]["images"] == len(recorded["data"]["val_files"]) == 3
+    assert report["best_epoch"] == recorded["best_epoch"]
+    assert sorted(report["validation"]["class_names"]) == sorted(p.name for p in data.iterdir())
+    assert set(report["figures"]) <= {"confusion_matrix.png", "curves.png"}
 
 
 # --- packaging --------------------------------------------------------------------------

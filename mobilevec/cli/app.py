@@ -143,9 +143,14 @@ def _loaded_weights(readable: str, artifact: str, model) -> dict:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import demo_results, demo_status, print_demo
 
-    return run_demo(args.weights_dir, args.data_dir, progress=progress_bar)
+    result = demo_results(args.weights_dir, args.data_dir, progress=progress_bar)
+    if args.json:
+        print_json(result)
+    else:
+        print_demo(result)
+    return demo_status(result)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                    default=default_shared_dir("MOBILEVEC_DATA_DIR", "data"),
                    help="folder with the example photos (default: $MOBILEVEC_DATA_DIR or "
                         "../shared/data)")
+    add_json_option(p)
     p.set_defaults(func=cmd_demo)
 
     for module in _COMMAND_MODULES:

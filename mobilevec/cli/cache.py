@@ -69,6 +69,11 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     entry = import_file(args.file, args.handle, sha256=args.sha256, validate=validate_artifact,
                         unpack=True)
+    if args.json:
+        print_json({"imported": str(args.file), "url": entry.url, "key": entry.key,
+                    "file": str(entry.file), "sha256": entry.sha256,
+                    "sha256_source": entry.sha256_source})
+        return EXIT_OK
     print(f"imported {args.file} as {entry.url}\n  -> {entry.file} (sha256 {entry.sha256}, "
           f"{entry.sha256_source})")
     return EXIT_OK
@@ -81,11 +86,17 @@ def cmd_clear(args: argparse.Namespace) -> int:
         print("error: name a handle or URL to clear, or pass --all", file=sys.stderr)
         return EXIT_ERROR
     removed = clear(args.handle)
-    print(f"removed {removed} entr{'y' if removed == 1 else 'ies'} from {cache_dir()}")
+    engines = None
     if args.all:
         from ..engines.cache import clear as clear_engines
 
         engines = clear_engines()
+    if args.json:
+        print_json({"cache": str(cache_dir()), "removed_entries": removed,
+                    "removed_engines": engines})
+        return EXIT_OK
+    print(f"removed {removed} entr{'y' if removed == 1 else 'ies'} from {cache_dir()}")
+    if engines is not None:
         print(f"removed {engines} compiled engine{'' if engines == 1 else 's'}")
     return EXIT_OK
 
@@ -114,9 +125,11 @@ def add_commands(subparsers) -> None:
                    help="the TF Hub handle or URL that mobilevec.load will be given")
     q.add_argument("--sha256", help="expected sha256 of the file (default: the registry's, "
                                     "if it knows one)")
+    add_json_option(q)
     q.set_defaults(func=cmd_import)
 
     q = sub.add_parser("clear", help="delete the entry of a handle or URL (or --all)")
     q.add_argument("handle", nargs="?", help="handle or URL whose entry to delete")
     q.add_argument("--all", action="store_true", help="delete every entry")
+    add_json_option(q)
     q.set_defaults(func=cmd_clear)

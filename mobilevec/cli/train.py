@@ -22,12 +22,14 @@ from .common import (
     add_decode_options,
     add_image_size_option,
     add_input_options,
+    add_json_option,
     add_model_options,
     expand_args,
     float_in,
     non_negative_int,
     positive_int,
     print_failures,
+    print_json,
     progress_bar,
 )
 
@@ -76,7 +78,7 @@ def _print_epoch(quiet: bool):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..training.reports import format_table, write_report
+    from ..training.reports import format_table, report_dict, write_report
     from ..training.train import train
     from .common import model_from_args, weights_source
 
@@ -118,7 +120,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                        overwrite=args.overwrite,
                        weights_source=None if args.resume else weights_source(args),
                        workers=args.workers, backend=args.backend, on_embed=on_embed,
-                       on_epoch=_print_epoch(args.quiet))
+                       on_epoch=_print_epoch(args.quiet or args.json))
     except KeyboardInterrupt:
         print(f"interrupted: finished epochs are checkpointed in {args.output}; continue with "
               f"`mobilevec train --resume -o {args.output}`", file=sys.stderr)
@@ -129,21 +131,30 @@ def cmd_train(args: argparse.Namespace) -> int:
     print_failures([(str(p), why) for p, why in result.skipped])
     matrix, reports = write_report(result.run.path, result.val_labels, result.val_logits,
                                    result.class_names, result.history)
+    figures = [name for name in ("confusion_matrix.png", "curves.png")
+               if (result.run.path / name).is_file()]
+    status = EXIT_FAILED_FILES if result.skipped else EXIT_OK
+    if args.json:
+        print_json({"run": str(result.run.path), "best_epoch": result.best_epoch,
+                    "stopped_early": result.stopped_early, "epochs": result.history,
+                    "validation": report_dict(matrix, result.class_names),
+                    "figures": figures, "seconds_features": result.seconds_features,
+                    "seconds_training": result.seconds_training,
+                    "skipped": [{"path": str(p), "reason": why} for p, why in result.skipped]})
+        return status
     print(f"validation images ({len(result.val_labels)}), classified by the kept epoch "
           f"{result.best_epoch}: per class, precision (of the images predicted as the class, "
           "the share that are), recall (of the class's images, the share found), F1 and the "
           "number of images; accuracy over all")
     print(format_table(reports, matrix))
     how = "early stop" if result.stopped_early else f"{len(result.history)} epochs"
-    figures = [name for name in ("confusion_matrix.png", "curves.png")
-               if (result.run.path / name).is_file()]
     print(f"done ({how}): kept epoch {result.best_epoch} (lowest validation loss); run folder "
           f"{result.run.path}: the classifier, run.json, metrics.csv, evaluation.json, "
           f"per_class.csv" + (f", {' and '.join(figures)} (confusion matrix; loss and "
                               "accuracy per epoch)" if figures else "")
           + f" (features {result.seconds_features:.1f} s, training "
           f"{result.seconds_training:.1f} s)")
-    return EXIT_FAILED_FILES if result.skipped else EXIT_OK
+    return status
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -319,6 +330,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--workers", type=non_negative_int, default=None,
                    help="decode processes for the feature cache (default: one per core)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    add_json_option(p)
     p.add_argument("--backend", default="auto",
                    choices=("auto", "torch", "torch-fused", "onnxruntime", "openvino"),
                    help="what computes the frozen features (default auto: the fastest "
