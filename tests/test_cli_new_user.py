@@ -369,6 +369,33 @@ def test_int8_export_reports_progress_through_every_stage(tmp_path, capsys):
     assert "decode" in err and "calibrate" in err
 
 
+def test_the_first_int8_embed_reports_its_calibration(tmp_path, cache_root, v3_tflite,
+                                                     data_dir, monkeypatch):
+    """The int8 entry of the engine cache is calibrated on the first run: minutes, shown."""
+    import functools
+
+    from mobilevec.engines import default
+    from mobilevec.export import quantize
+
+    monkeypatch.setattr(default, "check_precision", lambda precision: None)  # any CPU
+    # no search for fp32 blocks (a minute here, where int8 is inexact): its bar is tested above
+    monkeypatch.setattr(quantize, "quantize_int8",
+                        functools.partial(quantize.quantize_int8, max_fp32_blocks=0))
+    photos = sorted((data_dir / "imagenet-samples").glob("*.JPEG"))[:6]
+    calls: list[tuple[str, int, int]] = []
+    emb = mobilevec.embedder(V3, v3_tflite, backend="openvino", precision="int8",
+                             image_size=64, calibration=photos,
+                             progress=lambda *call: calls.append(call))
+    assert emb.precision == "int8"
+    stages = [stage for stage, _, _ in calls]
+    assert stages[0] == "decode" and "calibrate" in stages
+    assert [(d, t) for s, d, t in calls if s == "decode"][-1] == (6, 6)
+    calls.clear()
+    mobilevec.embedder(V3, v3_tflite, backend="openvino", precision="int8", image_size=64,
+                       calibration=photos, progress=lambda *call: calls.append(call))
+    assert calls == []  # a warm cache calibrates nothing
+
+
 # --- cache import of a folder ------------------------------------------------------------
 def test_cache_import_accepts_the_npy_folder_the_offline_message_advises(cache_root, capsys,
                                                                         v2_npy, monkeypatch):

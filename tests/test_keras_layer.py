@@ -255,6 +255,33 @@ def test_unknown_arguments_and_missing_handles_are_refused(artifacts, tmp_path):
         hub.KerasLayer(str(tmp_path / "missing.tflite"))
 
 
+def test_inputs_outside_the_hub_contract_are_refused_with_the_reason(artifacts, photos):
+    from mobilevec.errors import InputError
+
+    layer = hub.KerasLayer(str(artifacts["mobilenet_v3_small_075_224"]))
+    pixels = np.round(photos[:2] * 255)
+    with pytest.raises(InputError, match="uint8.*divide|x / 255"):
+        layer(pixels.astype(np.uint8))
+    with pytest.raises(InputError, match=r"\[0, 255\]: divide by 255"):
+        layer(pixels.astype(np.float32))  # the most common first try, as floats
+    with pytest.raises(InputError, match="scaled to \\[-1, 1\\]"):
+        layer(photos[:2] * 2 - 1)
+    with pytest.raises(InputError, match="NCHW"):
+        layer(np.ascontiguousarray(photos[:2].transpose(0, 3, 1, 2)))
+    with pytest.raises(InputError, match="without the batch dimension"):
+        layer(photos[0])
+    bad = photos[:2].copy()
+    bad[1, 5, 5, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        layer(bad)
+    # and in a functional model, the same message at predict time
+    inputs = keras.Input((224, 224, 3))
+    model = keras.Model(inputs, layer(inputs))
+    with pytest.raises(InputError, match="divide by 255"):
+        model.predict(pixels.astype(np.float32), verbose=0)
+    assert model.predict(photos[:2], verbose=0).shape == (2, 1024)  # [0, 1] still runs
+
+
 # --- packaging and other backends -----------------------------------------------------------
 
 def test_importing_mobilevec_does_not_import_keras():

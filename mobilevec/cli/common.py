@@ -289,10 +289,15 @@ def embedder_from_args(args: argparse.Namespace, *, image_size: int | None = Non
     ``--handle``, ``--backend``, ``--precision`` and ``--device`` name."""
     from ..embedding.embedder import embedder
 
-    return embedder(args.model, args.weights, handle=getattr(args, "handle", None),
-                    backend=getattr(args, "backend", "auto"),
-                    precision=getattr(args, "precision", "fp32"), image_size=image_size,
-                    device=getattr(args, "device", "cpu"), calibration=calibration)
+    bars = StageBars(quiet=getattr(args, "quiet", False) or not calibration)
+    try:  # a first int8 run calibrates for minutes: bars for its stages
+        return embedder(args.model, args.weights, handle=getattr(args, "handle", None),
+                        backend=getattr(args, "backend", "auto"),
+                        precision=getattr(args, "precision", "fp32"), image_size=image_size,
+                        device=getattr(args, "device", "cpu"), calibration=calibration,
+                        progress=bars.update)
+    finally:
+        bars.close()
 
 
 def weights_source(args: argparse.Namespace) -> str | None:

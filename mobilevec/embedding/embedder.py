@@ -155,13 +155,15 @@ def embedder(model: str | None = None, weights: str | Path | None = None, *,
              handle: str | None = None, backend: str | None = "auto",
              precision: str = "fp32", image_size: int | None = None, device: str = "cpu",
              calibration: Sequence[str | Path] | None = None,
-             threads: int | None = None) -> Embedder:
+             threads: int | None = None,
+             progress: Callable[[str, int, int], None] | None = None) -> Embedder:
     """The :class:`Embedder` of ``model`` + ``weights`` (or ``handle``) on ``backend``.
 
     ``backend`` "auto" (or None): the fastest installed engine whose vectors equal the
     torch module's (≤ 1e-4) at ``precision`` "fp32"; "torch": the torch module on
     ``device``; or a named engine. ``precision`` "bf16"/"int8" run faster and less exactly
-    (int8 calibrates on ``calibration`` photos once). Raises
+    (int8 calibrates on ``calibration`` photos once, calling ``progress(stage, done, total)``
+    through it). Raises
     :class:`~mobilevec.errors.MissingBackendError` naming the extra when an asked-for
     runtime is missing, and :class:`~mobilevec.errors.PrecisionError` for a precision this
     CPU does not run natively.
@@ -197,7 +199,7 @@ def embedder(model: str | None = None, weights: str | Path | None = None, *,
                         fingerprint=model_fingerprint(module))
     engine = cached_engine(source.model, source.artifact, backend=backend, precision=precision,
                            image_size=image_size, calibration=calibration, threads=threads,
-                           load=source.load)
+                           load=source.load, progress=progress)
     return Embedder(engine, source, precision=precision, fingerprint=engine.fingerprint,
                     quality=engine.quality)
 

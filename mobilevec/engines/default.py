@@ -110,14 +110,16 @@ def cached_engine(name: str, weights: str | Path, *, backend: str | None = None,
                   precision: str = "fp32", image_size: int | tuple[int, int] | None = None,
                   calibration: Sequence[str | Path] | None = None,
                   threads: int | None = None, load: Callable[[], Any] | None = None,
-                  cache: Path | None = None) -> Engine:
+                  cache: Path | None = None,
+                  progress: Callable[[str, int, int], None] | None = None) -> Engine:
     """Model ``name`` with the artifact ``weights`` on ``backend`` (None or "auto": the
     :func:`default_backend` of ``precision``), from the engine cache.
 
     A cache hit needs no torch: the engine reads its exported graph and compiled blobs.
     A miss builds the torch module (``load()`` when given, e.g. for a handle's archive,
     else from ``weights``), exports it into the cache and compiles. ``calibration``:
-    photos for ``int8`` (used only when the int8 entry is built). The engine carries
+    photos for ``int8`` (used only when the int8 entry is built); ``progress(stage, done,
+    total)`` is called through that calibration (minutes). The engine carries
     ``fingerprint`` (of the weights as loaded,
     :func:`~mobilevec.models.factory.model_fingerprint`), ``weights_sha256``, ``precision``
     and ``quality`` (int8: the cosine to fp32 measured at calibration).
@@ -138,7 +140,8 @@ def cached_engine(name: str, weights: str | Path, *, backend: str | None = None,
                                  runtime_version(backend))
 
     def build(folder: Path) -> dict[str, Any]:
-        return _export(folder, name, weights, backend, precision, hw, calibration, load)
+        return _export(folder, name, weights, backend, precision, hw, calibration, load,
+                       progress)
 
     entry = engine_cache.get_or_build(key, build, cache)
     engine = _open(entry, backend, precision, threads)
@@ -164,7 +167,8 @@ def _open(entry: engine_cache.EngineEntry, backend: str, precision: str,
 
 def _export(folder: Path, name: str, weights: str | Path, backend: str, precision: str,
             size: tuple[int, int], calibration: Sequence[str | Path] | None,
-            load: Callable[[], Any] | None) -> dict[str, Any]:
+            load: Callable[[], Any] | None,
+            progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Write the engine's graph into ``folder``; returns what entry.json records."""
     from ..export import export, exported_metadata
     from ..models.factory import create_model, model_fingerprint
@@ -181,7 +185,8 @@ def _export(folder: Path, name: str, weights: str | Path, backend: str, precisio
         photos = spread(list(calibration), CALIBRATION_IMAGES)
         log.info("calibrating int8 %s on %d photos (once; cached)", name, len(photos))
         written = export(module, folder / "model.xml", "openvino", image_size=size,
-                         source=weights, calibration=photos, int8_placement="conv-inputs")
+                         source=weights, calibration=photos, int8_placement="conv-inputs",
+                         progress=progress)
         meta = exported_metadata(written[0])
         with suppress(KeyError, ValueError):
             quality = {"cosine_mean": float(meta["int8_cosine_mean"]),

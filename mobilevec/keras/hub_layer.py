@@ -13,14 +13,36 @@ import logging
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
+from ..errors import InputError
 from ..hub import loader as hub
+from ..models.inputs import check_dtype, check_range
 from ..models.names import LOGITS_SCOPE, to_tf_variables
 from ..models.registry import get_config
 from .blocks import build_blocks, set_tf_variables
 
 log = logging.getLogger(__name__)
+MIN_SIZE = 32
+
+
+def _concrete(x) -> bool:
+    """Whether ``x`` holds values (an eager call), not a symbol being traced."""
+    if isinstance(x, np.ndarray):
+        return True
+    if isinstance(x, keras.KerasTensor):
+        return False
+    backend = keras.config.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.executing_eagerly()
+    if backend == "jax":
+        import jax
+
+        return not isinstance(x, jax.core.Tracer)
+    return True  # the torch and numpy backends run eagerly
 
 
 @keras.saving.register_keras_serializable(package="mobilevec")
@@ -32,7 +54,12 @@ class KerasLayer(keras.layers.Layer):
     - ``handle``: a TF Hub / Kaggle handle, the URL of an artifact, or a local artifact
       (file or directory), resolved through mobilevec's cache (:func:`mobilevec.hub.load`).
     - input: float32 NHWC RGB in [0, 1] (the hub image contract), any H, W ≥ 32; scaled to
-      [-1, 1] inside. Output: ``(batch, num_features)`` (logits for classification modules).
+      [-1, 1] inside. Other inputs raise :class:`~mobilevec.errors.InputError` (the rules of
+      :mod:`mobilevec.models.inputs`): integer dtypes (uint8 pixels: divide by 255), other
+      layouts, and, on eager calls (where the values exist: the torch backend, eager TF),
+      values outside [0, 1] or not finite. Under ``tf.function`` or ``jax.jit`` only the
+      shape and dtype can be checked.
+      Output: ``(batch, num_features)`` (logits for classification modules).
     - ``trainable=False`` (the default, as in TF Hub): weights frozen and BatchNorm in
       inference mode even under ``fit``. ``trainable=True``: everything trains and
       BatchNorm uses batch statistics, updating its moving averages with decay
@@ -98,9 +125,35 @@ class KerasLayer(keras.layers.Layer):
 
     def build(self, input_shape=None) -> None:
         # Every weight exists from __init__ on (its shape does not depend on H and W).
+        if input_shape is not None:
+            self._check_shape(tuple(input_shape))
         self.built = True
 
+    def _wanted(self) -> str:
+        return (f"KerasLayer({self.handle}) takes float NHWC (N, H, W, 3) RGB in [0, 1], "
+                f"H, W >= {MIN_SIZE}")
+
+    def _check_shape(self, shape: tuple) -> None:
+        got = f"{self._wanted()}; got shape {shape}"
+        if len(shape) != 4:
+            raise InputError(got + (", one image without the batch dimension: add one"
+                                    if len(shape) == 3 else ""))
+        if shape[-1] != 3:
+            raise InputError(got + (", which is NCHW: the hub layout is channels last"
+                                    if shape[1] == 3 else f", with {shape[-1]} channels"))
+        if any(d is not None and int(d) < MIN_SIZE for d in shape[1:3]):
+            raise InputError(got)
+
+    def _check_input(self, inputs) -> None:
+        self._check_shape(tuple(inputs.shape))
+        dtype = keras.backend.standardize_dtype(inputs.dtype)
+        check_dtype(dtype, "float" in dtype, self._wanted())
+        if _concrete(inputs) and int(np.prod(inputs.shape)) > 0:
+            check_range(float(ops.convert_to_numpy(ops.min(inputs))),
+                        float(ops.convert_to_numpy(ops.max(inputs))), self._wanted())
+
     def call(self, inputs, training=None):
+        self._check_input(inputs)
         x = ops.cast(inputs, self.compute_dtype) * 2.0 - 1.0  # hub [0, 1] → TF-Slim [-1, 1]
         for block in self.blocks:
             x = block(x, training=training)

@@ -20,6 +20,10 @@ for pixels in [0, 255]):
 - NaN or infinite values;
 - NHWC batches ``(N, H, W, 3)`` and single images without the batch dimension.
 
+The Keras layer (:class:`mobilevec.keras.KerasLayer`) takes the hub's NHWC layout instead
+and applies the same dtype and value rules through :func:`check_dtype` and
+:func:`check_range`.
+
 The value check reads the whole batch once (min and max: about 1 % of one image's
 inference), so a wrong scale is caught on the first call.
 """
@@ -63,11 +67,7 @@ def check_images(x: Any, *, who: str, size: tuple[int, int] | None = None) -> No
     shape = tuple(int(d) for d in x.shape)
     _check_shape(shape, wanted, size)
     floating = x.dtype.is_floating_point if tensor else x.dtype.kind == "f"
-    if not floating:
-        dtype = str(x.dtype).replace("torch.", "")
-        hint = (" (8-bit pixels: pass x / 255 as float32, or decode files with "
-                "mobilevec.data.images.load_image)" if dtype == "uint8" else "")
-        raise InputError(f"{wanted}; got dtype {dtype}{hint}")
+    check_dtype(str(x.dtype).replace("torch.", ""), floating, wanted)
     if shape[0] == 0:
         return
     if tensor:
@@ -78,6 +78,19 @@ def check_images(x: Any, *, who: str, size: tuple[int, int] | None = None) -> No
         lo, hi = float(lo_t), float(hi_t)
     else:
         lo, hi = float(np.min(x)), float(np.max(x))
+    check_range(lo, hi, wanted)
+
+
+def check_dtype(dtype: str, floating: bool, wanted: str) -> None:
+    """Refuse a non-float dtype; ``wanted`` opens the message ("<runner> takes ...")."""
+    if not floating:
+        hint = (" (8-bit pixels: pass x / 255 as float32, or decode files with "
+                "mobilevec.data.images.load_image)" if dtype == "uint8" else "")
+        raise InputError(f"{wanted}; got dtype {dtype}{hint}")
+
+
+def check_range(lo: float, hi: float, wanted: str) -> None:
+    """Refuse a batch whose smallest and largest values are not finite and in [0, 1]."""
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise InputError(f"{wanted}; the input holds NaN or infinite values")
     if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
