@@ -410,3 +410,47 @@ def test_neighbours_and_duplicate_groups_on_hand_made_vectors():
     assert order.tolist() == [[1, 0]]
     np.testing.assert_allclose(sims[0], [1.02 / np.sqrt(1.04 * 1.01), 1 / np.sqrt(1.04)],
                                atol=1e-3)
+
+
+class _RecordingEngine:
+    """An engine-shaped runner (not a torch module): per-image channel means as vectors,
+    and a note of whether each batch was read where the decoders wrote it."""
+
+    num_features = 3
+
+    def __init__(self):
+        self.in_place: list[bool] = []
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        import mmap
+
+        from mobilevec.embedding.batching import _buffer_of
+
+        buffer = _buffer_of(x)  # the decoders' ring: a memoryview of an anonymous mmap
+        self.in_place.append(isinstance(buffer, memoryview) and isinstance(buffer.obj,
+                                                                           mmap.mmap))
+        return x.mean(axis=(2, 3))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the shared decode ring needs fork")
+def test_engines_read_decoded_batches_in_place_and_failures_fall_back_to_a_copy(tmp_path):
+    from mobilevec.embedding.batching import embed_batches
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(40):
+        path = tmp_path / f"{i:02d}.png"
+        Image.fromarray(rng.integers(0, 256, (20 + i, 30, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    (tmp_path / "13.png").write_bytes(b"not a png")  # a failure in the second batch
+    prep = Preprocessing(size=(32, 32))
+    expected = {p: a.mean(axis=(1, 2)) for p, a, _ in decode_files(paths, prep, workers=0)
+                if a is not None}
+    engine = _RecordingEngine()
+    batches = list(embed_batches(engine, paths, prep=prep, batch_size=8, workers=2))
+    got = {p: v for b in batches for p, v in zip(b.paths, b.vectors, strict=True)}
+    assert list(got) == list(expected) and len(got) == 39
+    for p in got:
+        np.testing.assert_allclose(got[p], expected[p], rtol=1e-6)
+    assert engine.in_place[0] and engine.in_place[2:] == [True] * (len(batches) - 2)
+    assert not engine.in_place[1]  # the batch with the failed file was copied

@@ -142,6 +142,9 @@ class _SharedSlots:
         self.count, self.shape = count, shape
         self.floats = int(np.prod(shape))
         self.buffer = mmap.mmap(-1, count * self.floats * 4)  # MAP_SHARED | MAP_ANONYMOUS
+        # one array over the ring: every slot's view shares it, so views side by side can
+        # be joined into a batch without a copy (embed_batches)
+        self.ring = np.frombuffer(self.buffer, np.float32).reshape(count, *shape)
         self.key = id(self)
         self._next = 0
         _SHARED[self.key] = self  # module state is what forked children see
@@ -152,16 +155,24 @@ class _SharedSlots:
         return slots
 
     def view(self, slot: int) -> np.ndarray:
-        return np.frombuffer(self.buffer, np.float32, self.floats,
-                             slot * self.floats * 4).reshape(self.shape)
+        return self.ring[slot]
 
     def close(self) -> None:
         _SHARED.pop(self.key, None)
+        self.ring = None
         with suppress(BufferError):  # a view still alive somewhere: the GC frees it later
             self.buffer.close()
 
 
 _SHARED: dict[int, _SharedSlots] = {}
+
+
+def _ring_slots(window: int, hold: int) -> int:
+    """Slots for ``window`` chunks in flight plus ``hold`` views the consumer keeps, as a
+    multiple of ``hold``: with no failed file, batch k of ``hold`` images then fills slots
+    [k * hold, (k + 1) * hold), side by side, never across the end of the ring."""
+    slots = (window + 1) * _CHUNK + hold
+    return slots if hold <= 0 else -(-slots // hold) * hold
 
 
 def _decode_chunk_shared(key: int, slots: list[int], paths: list[Path],
@@ -278,17 +289,18 @@ def decode_files(paths: Iterable[str | Path], prep: Preprocessing, *, workers: i
 
 
 def _decode_stream(paths: Iterable[str | Path], prep: Preprocessing, workers: int | None,
-                   threads: bool, prefetch: int, file_timeout: float | None = None
-                   ) -> Iterator[tuple[Path, np.ndarray | None, str]]:
-    """:func:`decode_files`, but an array may be a view into shared memory that is valid
-    only until the next item is asked for (the consumer copies it into its batch)."""
+                   threads: bool, prefetch: int, file_timeout: float | None = None,
+                   hold: int = 0) -> Iterator[tuple[Path, np.ndarray | None, str]]:
+    """:func:`decode_files`, but an array may be a view into shared memory: it stays valid
+    while the consumer has asked for at most ``hold`` more items, and a run of views with
+    no failure between them lies side by side in one buffer (:func:`_contiguous_batch`)."""
     workers = default_workers() if workers is None else workers
     if workers <= 0:
         for path in paths:
             (array, reason), = _decode_chunk([Path(path)], prep)
             yield Path(path), array, reason
         return
-    decoder = _PoolDecoder(prep, workers, threads, prefetch, file_timeout)
+    decoder = _PoolDecoder(prep, workers, threads, prefetch, file_timeout, hold)
     try:
         yield from decoder.decode(paths)
     finally:
@@ -307,11 +319,11 @@ class _PoolDecoder:
     """
 
     def __init__(self, prep: Preprocessing, workers: int, threads: bool, prefetch: int,
-                 file_timeout: float | None = None):
+                 file_timeout: float | None = None, hold: int = 0):
         self.prep, self.workers, self.threads = prep, workers, threads
         self.timeout = None if threads else file_timeout  # threads cannot be stopped
         self.window = max(workers + 1, prefetch // _CHUNK)
-        self.shared = (_SharedSlots(self.window * _CHUNK, (3, *prep.size))
+        self.shared = (_SharedSlots(_ring_slots(self.window, hold), (3, *prep.size))
                        if not threads and _FORK else None)
         self.pool = _new_pool(workers, threads)
         self.pending: deque[tuple[list[Path], Future]] = deque()
@@ -413,29 +425,57 @@ def _input_size(model: torch.nn.Module, size: int | tuple[int, int] | None) -> t
 
 
 def _batch_runner(model: torch.nn.Module | Engine, batch_size: int, size: tuple[int, int]
-                  ) -> tuple[np.ndarray, Callable[[int], np.ndarray]]:
-    """``(staging, run)``: an input buffer of ``batch_size`` images, filled in place and
-    reused batch after batch, and ``run(n)``, the float32 vectors of its first ``n``.
+                  ) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray], bool]:
+    """``(staging, run, takes_views)``: an input buffer of ``batch_size`` images, reused
+    batch after batch, and ``run(x)``, the float32 vectors of the batch ``x``.
 
-    A torch module gets a tensor buffer (pinned for fast, asynchronous copies to a GPU)
-    and runs on its device; an engine (:mod:`mobilevec.engines`) reads the numpy buffer
-    itself, and torch is not imported.
+    An engine (:mod:`mobilevec.engines`) runs on any ``x`` as it lies, the decoders' shared
+    buffer included (``takes_views``), and torch is not imported. A torch module reads
+    only ``staging[:n]`` (a tensor buffer, pinned for fast, asynchronous copies to a GPU)
+    and runs on its device.
     """
     torch = sys.modules.get("torch")
     if torch is None or not isinstance(model, torch.nn.Module):
         staging = np.empty((batch_size, 3, *size), np.float32)
-        return staging, lambda n: np.asarray(model(staging[:n]), np.float32)
+        return staging, lambda x: np.asarray(model(x), np.float32), True
     model.eval()
     device = next(model.parameters()).device  # inputs follow the model (CPU or GPU)
     inputs = torch.empty((batch_size, 3, *size), pin_memory=device.type == "cuda")
 
-    def run(n: int) -> np.ndarray:
+    def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            x = inputs[:n].to(device, non_blocking=True)
+            x = inputs[:len(x)].to(device, non_blocking=True)
             flush_denormals()  # per batch: decoding in this thread can reset the FPU flags
             return model(x).float().cpu().numpy()
 
-    return inputs.numpy(), run
+    return inputs.numpy(), run, False
+
+
+def _root(array: np.ndarray) -> np.ndarray:
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    return array
+
+
+def _buffer_of(array: np.ndarray):
+    """The object whose memory ``array`` views (an mmap, bytes...), or None if it owns it."""
+    return _root(array).base
+
+
+def _follows(previous: np.ndarray, array: np.ndarray) -> bool:
+    """Whether ``array`` starts where ``previous`` ends, in the same buffer."""
+    end = previous.__array_interface__["data"][0] + previous.nbytes
+    return (array.__array_interface__["data"][0] == end and array.shape == previous.shape
+            and array.dtype == previous.dtype and array.flags.c_contiguous
+            and _buffer_of(array) is not None and _buffer_of(array) is _buffer_of(previous))
+
+
+def _contiguous_batch(first: np.ndarray, count: int) -> np.ndarray:
+    """The ``(count, *first.shape)`` view of ``count`` arrays that lie side by side from
+    ``first`` on (each checked with :func:`_follows`): the batch, not copied."""
+    root = _root(first)
+    offset = first.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+    return np.ndarray((count, *first.shape), first.dtype, buffer=root, offset=offset)
 
 
 def embed_batches(model: torch.nn.Module | Engine, paths: Iterable[str | Path], *,
@@ -456,25 +496,49 @@ def embed_batches(model: torch.nn.Module | Engine, paths: Iterable[str | Path], 
     ``file_timeout`` bounds one file's read and decode (see :func:`decode_files`).
     """
     prep = prep or Preprocessing(size=_input_size(model, None))
-    staging, run = _batch_runner(model, batch_size, prep.size)
+    staging, run, takes_views = _batch_runner(model, batch_size, prep.size)
     done: list[Path] = []
     errors: list[tuple[Path, str]] = []
+    # While the batch's decoded images lie side by side in the decoders' shared buffer
+    # (no failed file between them), the engine reads them there; otherwise they are
+    # copied into ``staging`` as they come.
+    first: np.ndarray | None = None
+    last: np.ndarray | None = None
 
     def flush() -> Batch:
-        vectors = run(len(done)) if done else np.zeros((0, output_width(model)), np.float32)
+        if not done:
+            vectors = np.zeros((0, output_width(model)), np.float32)
+        else:
+            vectors = run(_contiguous_batch(first, len(done)) if first is not None
+                          else staging[:len(done)])
         return Batch(list(done), l2_normalize(vectors) if normalize else vectors, list(errors))
 
+    def to_staging() -> None:
+        nonlocal first
+        if first is not None:
+            staging[:len(done)] = _contiguous_batch(first, len(done))
+            first = None
+
     for path, array, reason in _decode_stream(paths, prep, workers, threads,
-                                              prefetch or 4 * batch_size, file_timeout):
+                                              prefetch or 4 * batch_size, file_timeout,
+                                              hold=batch_size if takes_views else 0):
         if array is None:
             log.warning("skipping %s: %s", path, reason)
             errors.append((path, reason))
+            to_staging()  # the views after a failure no longer follow these
+            last = None
             continue
-        staging[len(done)] = array
+        if takes_views and not done:
+            first = array if _buffer_of(array) is not None else None
+        elif first is not None and not _follows(last, array):
+            to_staging()
+        if first is None:
+            staging[len(done)] = array
+        last = array
         done.append(path)
         if len(done) == batch_size:
             yield flush()
-            done, errors = [], []
+            done, errors, first, last = [], [], None, None
     if done or errors:
         yield flush()
 

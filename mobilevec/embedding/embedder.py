@@ -134,9 +134,10 @@ class Embedder:
         if not isinstance(x, np.ndarray):  # a torch tensor
             x = x.detach().cpu().float().numpy()
         x = np.asarray(x, np.float32)
-        staging, run = _batch_runner(self.runner, len(x), tuple(x.shape[2:]))
-        staging[...] = x
-        return run(len(x))
+        staging, run, takes_views = _batch_runner(self.runner, len(x), tuple(x.shape[2:]))
+        if not takes_views:
+            staging[...] = x
+        return run(x)
 
     def embed_files(self, paths: Sequence[str | Path], **options) -> EmbedResult:
         """Vectors of the files that decode (others reported), as
