@@ -340,8 +340,9 @@ async def _uploads(request, limit: int) -> list[tuple[str, bytes]]:
             form = await request.post()
         except web.HTTPRequestEntityTooLarge:
             raise _too_large(limit) from None
-        except (ValueError, AssertionError, RuntimeError, UnicodeDecodeError) as e:
-            raise bad("bad_multipart", f"cannot read the multipart form ({e})") from None
+        except Exception as e:  # noqa: BLE001 - aiohttp's parser raises many kinds
+            raise bad("bad_multipart", f"cannot read the multipart form "
+                                       f"({type(e).__name__}: {e})"[:500]) from None
         blobs = []
         for field, value in form.items():
             if not isinstance(value, web.FileField):

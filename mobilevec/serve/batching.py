@@ -86,7 +86,9 @@ class DynamicBatcher:
         try:
             return await job.future
         finally:
-            if not job.future.done():  # cancelled (timeout, client gone): drop it unrun
+            # cancelled (a timeout, the client gone; cancelling this task cancels the
+            # future too): drop it unrun
+            if not job.future.done() or job.future.cancelled():
                 self._drop(job)
 
     def _drop(self, job: _Job) -> None:
