@@ -306,3 +306,36 @@ def test_an_upload_decodes_exactly_as_the_same_file(photos, tmp_path):
                                   load_array(path, 224, draft=draft))
     with pytest.raises(ImageError, match="upload.png.*exceeds the limit of 1000000"):
         load_array_bytes(_bomb(), 224, max_pixels=MAX_PIXELS, name="upload.png")
+
+
+def _serve_examples() -> list[tuple[str, str]]:
+    """``(language, code)`` of the blocks of docs/serve.md marked as needing a server."""
+    lines = (Path(__file__).resolve().parents[1] / "docs" / "serve.md").read_text(
+        encoding="utf-8").splitlines()
+    blocks = []
+    for i, line in enumerate(lines):
+        if line.startswith("```") and line[3:].strip() in ("python", "bash") and i and \
+                "needs a running mobilevec serve" in lines[i - 1]:
+            end = lines.index("```", i + 1)
+            blocks.append((line[3:].strip(), "\n".join(lines[i + 1:end]) + "\n"))
+    return blocks
+
+
+def test_the_examples_of_docs_serve_md_run(server, photos, tmp_path):
+    blocks = _serve_examples()
+    assert [lang for lang, _ in blocks].count("python") >= 2 and len(blocks) >= 4
+    shutil.copy(photos[0], tmp_path / "cat.jpg")
+    Image.open(photos[1]).convert("RGB").save(tmp_path / "dog.png")
+    outputs = []
+    for i, (lang, code) in enumerate(blocks):
+        code = code.replace("127.0.0.1:8500", f"127.0.0.1:{server.port}")
+        script = tmp_path / f"example_{i}.{'py' if lang == 'python' else 'sh'}"
+        script.write_text(code, encoding="utf-8")
+        run = subprocess.run([sys.executable if lang == "python" else "bash", script.name],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, f"docs/serve.md example {i} failed:\n{code}\n{run.stderr}"
+        outputs.append(run.stdout)
+    text = "".join(outputs)
+    assert '"ready": true' in text and '"feature_vector"' in text and '"vectors"' in text
+    assert "1280" in text  # the TF Serving example printed the V2 vector's length
+    assert (tmp_path / "cat.f32").stat().st_size == 4 * 1024
