@@ -30,7 +30,7 @@ from .common import (
 
 # Modules of this package that add their own sub-commands: each defines
 # ``add_commands(subparsers)`` and keeps its heavy imports inside the command functions.
-_COMMAND_MODULES: list[str] = ["embed", "export", "cache", "train"]
+_COMMAND_MODULES: list[str] = ["embed", "export", "cache", "train", "serve"]
 
 
 class Parser(argparse.ArgumentParser):

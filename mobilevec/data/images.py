@@ -53,6 +53,7 @@ The measured peaks are in docs/benchmarks.md ("Decode memory").
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import stat
@@ -218,14 +219,17 @@ def _draft(image: Image.Image, draft_to: tuple[int, int], orientation: int | Non
 
 
 @contextlib.contextmanager
-def _opened(path: str | Path, max_pixels: int) -> Iterator[tuple[Image.Image, int | None]]:
+def _opened(path: str | Path, max_pixels: int, *, data: bytes | None = None
+            ) -> Iterator[tuple[Image.Image, int | None]]:
     """``(image, EXIF orientation)``: the first frame's header read, nothing decoded;
-    failures as :class:`ImageError` (step 1)."""
+    failures as :class:`ImageError` (step 1). With ``data``, the image is those bytes
+    (``path`` only names them in errors) and no file is opened."""
     try:
         with warnings.catch_warnings():
             # our own limit decides; Pillow's warning below its hard limit is noise here
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with _open_regular(path) as f:
+            with (_open_regular(path) if data is None
+                  else contextlib.nullcontext(io.BytesIO(data))) as f:
                 with _pillow_allows(max_pixels):
                     image = Image.open(f)
                 with image:
@@ -403,8 +407,21 @@ def load_array(path: str | Path, size: Size = 224, crop: Crop = "none", *, draft
     Torch-free (used by decode worker processes). ``draft=True`` allows JPEG DCT scaling
     (step 2) down to :data:`DRAFT_MARGIN` x ``size``.
     """
+    return _load_array(path, None, size, crop, draft, max_pixels)
+
+
+def load_array_bytes(data: bytes, size: Size = 224, crop: Crop = "none", *,
+                     draft: bool = False, max_pixels: int = MAX_PIXELS,
+                     name: str = "<bytes>") -> np.ndarray:
+    """:func:`load_array` of an encoded image held in memory (an upload): the same decode,
+    limits and result as for a file of those bytes; ``name`` names it in errors."""
+    return _load_array(name, bytes(data), size, crop, draft, max_pixels)
+
+
+def _load_array(path: str | Path, data: bytes | None, size: Size, crop: Crop, draft: bool,
+                max_pixels: int) -> np.ndarray:
     draft_to = draft_size(size, draft)
-    with _opened(path, max_pixels) as (image, orientation):
+    with _opened(path, max_pixels, data=data) as (image, orientation):
         if draft_to is not None and image.format == "JPEG":
             _draft(image, draft_to, orientation)
         with _gated(decoded_bytes(image)):

@@ -1,0 +1,184 @@
+"""Dynamic batching, as Triton does it: requests of one model wait in a bounded queue and
+are grouped into one engine call of up to ``max_batch`` images, for at most
+``max_delay_ms`` after the first of them arrived.
+
+One thread per model runs the engine (engines are called from one thread at a time);
+requests are decoded before they are queued, in other threads, so decoding overlaps
+inference. The queue is bounded in images: a request that does not fit is refused at
+once (:class:`QueueFull`, answered 503) and memory never grows with the load. A request
+whose caller gave up (timeout, closed connection) is dropped from the queue unrun.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """The model's queue has no room for this request: answer 503, retry later."""
+
+
+class Stopped(Exception):
+    """The batcher is shutting down and takes no new work."""
+
+
+@dataclass(eq=False)
+class _Job:
+    images: np.ndarray  # (n, 3, H, W) float32
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    arrived: float = field(default_factory=time.monotonic)
+
+
+class DynamicBatcher:
+    """Batches ``run((n, 3, H, W) float32) -> (n, D)`` calls of many requests.
+
+    ``on_batch(size, seconds)`` is told of every engine call (metrics).
+    """
+
+    def __init__(self, name: str, run: Callable[[np.ndarray], np.ndarray], *,
+                 image_shape: tuple[int, int, int], max_batch: int, max_delay_ms: float,
+                 max_queue: int, on_batch: Callable[[int, float], None] | None = None):
+        self.name, self._run, self.image_shape = name, run, image_shape
+        self.max_batch, self.max_delay = max_batch, max_delay_ms / 1000.0
+        self.max_queue = max(max_queue, 1)
+        self._on_batch = on_batch
+        self._jobs: deque[_Job] = deque()
+        self._queued = 0  # images in _jobs
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._staging = np.empty((max_batch, *image_shape), np.float32)
+        self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}",
+                                        daemon=True)
+        self._thread.start()
+
+    @property
+    def depth(self) -> int:
+        """Images waiting (not yet in an engine call)."""
+        return self._queued
+
+    async def submit(self, images: np.ndarray) -> np.ndarray:
+        """The vectors of ``images`` ``(n, 3, H, W)``, run in some batch. Raises
+        :class:`QueueFull` at once when they do not fit in the queue."""
+        n = len(images)
+        loop = asyncio.get_running_loop()
+        job = _Job(images, loop.create_future(), loop)
+        with self._cond:
+            if self._stopping:
+                raise Stopped(self.name)
+            # a request larger than the whole queue still runs when the queue is empty
+            if self._queued and self._queued + n > self.max_queue:
+                raise QueueFull(self.name)
+            self._jobs.append(job)
+            self._queued += n
+            self._cond.notify()
+        try:
+            return await job.future
+        finally:
+            # cancelled (a timeout, the client gone; cancelling this task cancels the
+            # future too): drop it unrun
+            if not job.future.done() or job.future.cancelled():
+                self._drop(job)
+
+    def _drop(self, job: _Job) -> None:
+        with self._cond:
+            try:
+                self._jobs.remove(job)
+            except ValueError:
+                return  # already taken into a batch
+            self._queued -= len(job.images)
+
+    def _take(self) -> list[_Job] | None:
+        """The next batch: jobs totalling <= max_batch images (one larger job alone),
+        waiting up to max_delay after the first one for more."""
+        with self._cond:
+            while not self._jobs:
+                if self._stopping:
+                    return None
+                self._cond.wait()
+            deadline = self._jobs[0].arrived + self.max_delay
+            while self._queued < self.max_batch and not self._stopping:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+                if not self._jobs:  # all dropped meanwhile
+                    return []
+            batch, total = [], 0
+            while self._jobs and (not batch or total + len(self._jobs[0].images)
+                                  <= self.max_batch):
+                job = self._jobs.popleft()
+                batch.append(job)
+                total += len(job.images)
+            self._queued -= total
+            return batch
+
+    def _loop(self) -> None:
+        while (batch := self._take()) is not None:
+            if batch:
+                self._run_batch(batch)
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        total = sum(len(j.images) for j in batch)
+        start = time.perf_counter()
+        try:
+            if len(batch) == 1:
+                vectors = self._chunked(batch[0].images)
+            else:
+                staging = self._staging[:total]
+                offset = 0
+                for job in batch:
+                    staging[offset:offset + len(job.images)] = job.images
+                    offset += len(job.images)
+                vectors = np.asarray(self._run(staging), np.float32)
+        except Exception as e:  # noqa: BLE001 - an engine failure fails this batch only
+            log.exception("model %s: a batch of %d images failed", self.name, total)
+            for job in batch:
+                _resolve(job, error=e)
+            return
+        seconds = time.perf_counter() - start
+        if self._on_batch is not None:
+            self._on_batch(total, seconds)
+        offset = 0
+        for job in batch:
+            _resolve(job, vectors[offset:offset + len(job.images)].copy())
+            offset += len(job.images)
+
+    def _chunked(self, images: np.ndarray) -> np.ndarray:
+        """One request's images, in engine calls of at most max_batch."""
+        if len(images) <= self.max_batch:
+            return np.asarray(self._run(images), np.float32)
+        return np.concatenate([np.asarray(self._run(images[i:i + self.max_batch]), np.float32)
+                               for i in range(0, len(images), self.max_batch)])
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Run what is queued, then end the thread; new submits raise :class:`Stopped`."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+
+def _resolve(job: _Job, result: np.ndarray | None = None,
+             error: BaseException | None = None) -> None:
+    def settle() -> None:
+        if job.future.done():  # the caller gave up meanwhile
+            return
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(result)
+
+    with suppress(RuntimeError):  # a closed event loop: nobody waits any more
+        job.loop.call_soon_threadsafe(settle)

@@ -1,0 +1,199 @@
+"""``mobilevec serve`` operations: the bearer token, a full queue (503 at once), graceful
+SIGTERM, the access log; and the dynamic batcher and config file in-process (no server)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+from serve_support import Served
+from shared_paths import DATA_DIR, V3_TFLITE, require
+
+requests = pytest.importorskip("requests")
+pytest.importorskip("aiohttp")
+
+V3 = "mobilenet_v3_small_075_224"
+DELAY_MS = 1500  # a lone request waits this long for company: long enough to act meanwhile
+TOKEN = "s3cret-token-for-tests"
+
+
+@pytest.fixture(scope="module")
+def photo() -> bytes:
+    return sorted(require(DATA_DIR / "imagenet-samples").glob("*.JPEG"))[0].read_bytes()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("serve-ops")
+    (folder / "token").write_text(TOKEN + "\n")
+    served = Served(["--model", V3, "--weights", str(require(V3_TFLITE)), "--max-batch", "8",
+                     "--max-delay-ms", str(DELAY_MS), "--max-queue", "2", "--token-file",
+                     str(folder / "token")], folder / "server.log", token=TOKEN)
+    yield served
+    served.stop()
+
+
+def _infer_body(photo: bytes, n: int) -> dict:
+    return {"inputs": [{"name": "images", "shape": [n], "datatype": "BYTES",
+                        "data": [base64.b64encode(photo).decode()] * n}]}
+
+
+def test_a_wrong_or_missing_token_is_refused(server, photo):
+    url = f"{server.url}/v1/models/{V3}/metadata"
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN},
+                    {"Authorization": f"Basic {TOKEN}"}):
+        answer = requests.get(url, headers=headers, timeout=10)
+        assert answer.status_code == 401 and answer.json()["kind"] == "unauthorized"
+        assert answer.headers["WWW-Authenticate"].startswith("Bearer")
+    assert requests.get(url, headers=server.headers, timeout=10).status_code == 200
+    # probes stay open, so that an orchestrator can check health without the secret
+    assert requests.get(f"{server.url}/v2/health/live", timeout=10).status_code == 200
+
+    httpclient = pytest.importorskip("tritonclient.http")
+    from tritonclient.utils import InferenceServerException
+
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{server.port}")
+    with pytest.raises(InferenceServerException, match="bearer token"):
+        client.get_model_metadata(V3)
+    assert client.get_model_metadata(V3, headers=server.headers)["name"] == V3
+
+
+def test_a_full_queue_answers_503_at_once_and_the_queued_request_still_succeeds(server,
+                                                                                photo):
+    url = f"{server.url}/v2/models/{V3}/infer"
+    first: dict = {}
+
+    def fill():  # two images: the whole queue, waiting DELAY_MS for a batch of 8
+        first["answer"] = requests.post(url, json=_infer_body(photo, 2),
+                                        headers=server.headers, timeout=60)
+
+    thread = threading.Thread(target=fill)
+    thread.start()
+    time.sleep(0.5)
+    start = time.monotonic()
+    refused = requests.post(url, json=_infer_body(photo, 1), headers=server.headers,
+                            timeout=60)
+    seconds = time.monotonic() - start
+    thread.join()
+    assert refused.status_code == 503 and refused.json()["kind"] == "queue_full"
+    assert refused.headers["Retry-After"] == "1"
+    assert seconds < 0.5  # answered at once, not after the queued batch ran
+    assert first["answer"].status_code == 200
+    assert first["answer"].json()["outputs"][0]["shape"] == [2, 1024]
+    metrics = requests.get(f"{server.url}/metrics", headers=server.headers, timeout=10).text
+    assert 'mobilevec_errors_total{kind="queue_full"} 1' in metrics
+
+
+def test_one_access_log_line_per_request(server):
+    for _ in range(3):
+        requests.get(f"{server.url}/v2/health/live?probe=log-test", timeout=10)
+    time.sleep(0.2)
+    lines = [line for line in server.log.splitlines() if "probe=log-test" in line]
+    assert len(lines) == 3 and all('"GET /v2/health/live?probe=log-test" 200' in line
+                                   for line in lines)
+
+
+def test_sigterm_finishes_the_requests_in_flight_and_refuses_new_ones(server, photo):
+    # the last test of the module: it stops the server
+    url = f"{server.url}/v2/models/{V3}/infer"
+    answer: dict = {}
+
+    def in_flight():
+        answer["r"] = requests.post(url, json=_infer_body(photo, 1), headers=server.headers,
+                                    timeout=60)
+
+    thread = threading.Thread(target=in_flight)
+    thread.start()
+    time.sleep(0.5)  # the request waits in its batch (DELAY_MS) when the signal comes
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    with pytest.raises(requests.ConnectionError):  # no longer listening
+        requests.get(f"{server.url}/v2/health/live", timeout=5)
+    thread.join()
+    assert answer["r"].status_code == 200, answer["r"].text
+    assert answer["r"].json()["outputs"][0]["shape"] == [1, 1024]
+    assert server.proc.wait(30) == 0
+    assert "SIGTERM: finishing 1 request(s) in flight" in server.log
+
+
+# --- in-process: the batcher and the config file ---------------------------------------
+def _batcher(run, **options):
+    from mobilevec.serve.batching import DynamicBatcher
+
+    defaults = {"image_shape": (3, 2, 2), "max_batch": 4, "max_delay_ms": 50,
+                "max_queue": 16}
+    return DynamicBatcher("m", run, **{**defaults, **options})
+
+
+def test_the_batcher_groups_concurrent_requests_up_to_max_batch():
+    calls = []
+
+    def run(x):
+        calls.append(len(x))
+        return x.reshape(len(x), -1)[:, :2] * 2
+
+    batcher = _batcher(run)
+
+    async def main():
+        inputs = [np.full((1, 3, 2, 2), i, np.float32) for i in range(10)]
+        return inputs, await asyncio.gather(*(batcher.submit(x) for x in inputs))
+
+    inputs, outputs = asyncio.run(main())
+    batcher.stop()
+    for x, y in zip(inputs, outputs, strict=True):  # each request gets its own rows back
+        assert np.array_equal(y, np.full((1, 2), 2 * x.flat[0]))
+    assert max(calls) <= 4 and sum(calls) == 10 and len(calls) < 10
+
+
+def test_the_batcher_refuses_past_its_queue_and_drops_abandoned_requests():
+    from mobilevec.serve.batching import QueueFull
+
+    gate = threading.Event()
+    ran = []
+
+    def run(x):
+        gate.wait(10)
+        ran.append(len(x))
+        return np.zeros((len(x), 2), np.float32)
+
+    batcher = _batcher(run, max_batch=2, max_delay_ms=0, max_queue=2)
+
+    async def main():
+        busy = asyncio.ensure_future(batcher.submit(np.zeros((2, 3, 2, 2), np.float32)))
+        await asyncio.sleep(0.1)  # taken into the engine, which now blocks
+        queued = asyncio.ensure_future(batcher.submit(np.zeros((2, 3, 2, 2), np.float32)))
+        await asyncio.sleep(0.05)
+        with pytest.raises(QueueFull):
+            await batcher.submit(np.zeros((1, 3, 2, 2), np.float32))
+        with pytest.raises(asyncio.TimeoutError):  # the caller's timeout: dropped unrun
+            await asyncio.wait_for(queued, 0.05)
+        assert batcher.depth == 0
+        gate.set()
+        await busy
+
+    asyncio.run(main())
+    batcher.stop()
+    assert ran == [2]
+
+
+def test_a_config_file_names_several_models_and_settings(tmp_path):
+    from mobilevec.errors import MobilevecError
+    from mobilevec.serve import ServeConfig, read_config_file
+
+    (tmp_path / "serve.toml").write_text(
+        'max_batch = 16\nport = 9000\n[[models]]\nname = "v3"\n'
+        f'model = "{V3}"\nweights = "w/v3.tflite"\n[[models]]\n'
+        'name = "v2"\nmodel = "mobilenet_v2_100_224"\nhandle = "https://example.invalid/x"\n'
+        'precision = "bf16"\n')
+    config = ServeConfig(**read_config_file(tmp_path / "serve.toml"))
+    assert [m.name for m in config.models] == ["v3", "v2"] and config.max_batch == 16
+    assert config.models[0].weights == str(tmp_path / "w" / "v3.tflite")
+    assert config.models[1].precision == "bf16" and config.host == "127.0.0.1"
+    (tmp_path / "bad.toml").write_text('[[models]]\nname = "a/b"\nweights = "x"\n')
+    with pytest.raises(MobilevecError, match="letters, digits"):
+        read_config_file(tmp_path / "bad.toml")
