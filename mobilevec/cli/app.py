@@ -30,7 +30,7 @@ from .common import (
 
 # Modules of this package that add their own sub-commands: each defines
 # ``add_commands(subparsers)`` and keeps its heavy imports inside the command functions.
-_COMMAND_MODULES: list[str] = ["embed", "export", "cache", "train", "serve"]
+_COMMAND_MODULES: list[str] = ["embed", "dedup", "export", "cache", "train", "serve"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -87,7 +87,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"model": c.name, "root_scope": c.spec.root_scope,
                     "multiplier": c.multiplier, "input": c.input.describe(),
-                    "num_features": model.num_features, "dedup_threshold": c.dedup_threshold,
+                    "num_features": model.num_features, "dedup_threshold": c.dedup.threshold,
+                    "dedup_rule": {"score": c.dedup.score, "threshold": c.dedup.threshold},
                     "params": params,
                     "classes": None if model.classifier is None
                     else model.classifier.out_features,
@@ -97,8 +98,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"model      {c.name}  ({c.spec.root_scope}, multiplier {c.multiplier})")
     print(f"input      {c.input.describe()}")
-    print(f"output     {model.num_features}-d feature vector (near-duplicates at cosine >= "
-          f"{c.dedup_threshold:g} by default)")
+    print(f"output     {model.num_features}-d feature vector (near-duplicates by default: "
+          f"{c.dedup.describe()})")
     print(f"params     {params:,}" + (f" (+ {model.classifier.out_features}-way logits)"
                                      if model.classifier is not None else ""))
     if loaded is None:

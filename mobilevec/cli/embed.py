@@ -1,4 +1,4 @@
-"""``mobilevec embed``, ``search`` and ``dedup``: thin commands over the embedding pipeline.
+"""``mobilevec embed`` and ``search``: thin commands over the embedding pipeline.
 
 Exit status: see :mod:`mobilevec.cli.common` (3 when some input files failed).
 """
@@ -182,7 +182,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         vectors += list(batch.vectors)
         failures += [(str(path), reason) for path, reason in batch.errors]
     print_failures(failures)
-    rows = []
+    rows, results = [], []
     if paths and len(stored.paths):
         order, sims, method = neighbours(args.vectors, stored, np.asarray(vectors), args.k,
                                          args.index)
@@ -191,44 +191,25 @@ def cmd_search(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         for query, hits, scores in zip(paths, order, sims, strict=True):
             if not args.json:
-                print(f"query {query}")
+                print(f"query {printable(query)}")
+            found = []
             for rank, (i, score) in enumerate(zip(hits, scores, strict=True), 1):
                 if not args.json:
-                    print(f"  {rank:3d}  {score:8.4f}  {stored.paths[i]}")
-                rows.append((str(query), rank, f"{score:.6f}", stored.paths[i]))
+                    print(f"  {rank:3d}  {score:8.4f}  {printable(stored.paths[i])}")
+                rows.append((printable(query), rank, f"{score:.6f}",
+                             printable(stored.paths[i])))
+                found.append((stored.paths[i], float(score)))
+            results.append((str(query), found))
     if args.json:
         print_json(_search_json(rows, failures))
     if args.csv:
         write_csv(args.csv, ("query", "rank", "cosine", "path"), rows)
+    if args.html:
+        from ..embedding.report import search_report
+
+        search_report(args.html, results, title=f"mobilevec search {printable(args.vectors)}")
+        print(f"report: {printable(args.html)}", file=sys.stderr)
     return EXIT_FAILED_FILES if failures else EXIT_OK
-
-
-# --- dedup -------------------------------------------------------------------------------
-def cmd_dedup(args: argparse.Namespace) -> int:
-    from ..embedding.search import l2_normalize, near_duplicate_groups
-    from ..embedding.store import read_store
-
-    stored = read_store(args.vectors)
-    groups = near_duplicate_groups(stored.vectors, args.threshold)
-    rows = []
-    for number, group in enumerate(groups, 1):
-        unit = l2_normalize(stored.vectors[group])
-        sims = unit @ unit[0]
-        if not args.json:
-            print(f"group {number}: {len(group)} images")
-        for i, sim in zip(group, sims, strict=True):
-            if not args.json:
-                print(f"  {sim:8.4f}  {stored.paths[i]}")
-            rows.append((number, stored.paths[i], f"{sim:.6f}"))
-    duplicates = sum(len(g) - 1 for g in groups)
-    if args.json:
-        print_json(_dedup_json(rows, len(stored.paths), args.threshold))
-    else:
-        print(f"{len(groups)} groups of near-duplicates (cosine >= {args.threshold}) among "
-              f"{len(stored.paths)} images; {duplicates} could go, keeping one per group")
-    if args.csv:
-        write_csv(args.csv, ("group", "path", "cosine_to_first"), rows)
-    return EXIT_OK
 
 
 def _search_json(rows: list[tuple], failures: list[tuple[str, str]]) -> dict:
@@ -240,18 +221,9 @@ def _search_json(rows: list[tuple], failures: list[tuple[str, str]]) -> dict:
             "errors": [{"path": p, "reason": why} for p, why in failures]}
 
 
-def _dedup_json(rows: list[tuple], images: int, threshold: float) -> dict:
-    groups: dict[int, list[dict]] = {}
-    for number, path, cosine in rows:
-        groups.setdefault(number, []).append({"path": path, "cosine_to_first": float(cosine)})
-    return {"threshold": threshold, "images": images,
-            "duplicates": sum(len(g) - 1 for g in groups.values()),
-            "groups": [{"group": n, "images": g} for n, g in groups.items()]}
-
-
 # --- registration ------------------------------------------------------------------------
 def add_commands(subparsers) -> None:
-    """Register ``embed``, ``search`` and ``dedup`` on the ``mobilevec`` parser."""
+    """Register ``embed`` and ``search`` on the ``mobilevec`` parser."""
     p = subparsers.add_parser(
         "embed", help="embed image files into a resumable vector table",
         description="Embed images (files, folders, globs, @list.txt) into vectors. Re-running "
@@ -303,8 +275,11 @@ def add_commands(subparsers) -> None:
                     "print the k most similar stored images. Exit 3 if a query failed.")
     p.add_argument("vectors", help="vectors.parquet or vectors.npy written by embed")
     add_input_options(p, "QUERY", "query images (as for embed)")
-    p.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
+    p.add_argument("-k", "--k", dest="k", type=positive_int, default=10,
+                   help="neighbours per query (default 10)")
     p.add_argument("--csv", help="also write query,rank,cosine,path to this CSV file")
+    p.add_argument("--html", help="also write a self-contained HTML page with thumbnails of "
+                                  "each query and its neighbours")
     p.add_argument("--index", choices=("auto", "exact", "usearch"), default="auto",
                    help="exact: brute force; usearch: HNSW index saved with the vectors "
                         "(approximate, needs mobilevec[index]); auto (default): usearch from "
@@ -313,14 +288,3 @@ def add_commands(subparsers) -> None:
     add_decode_options(p)
     add_json_option(p)
     p.set_defaults(func=cmd_search)
-
-    p = subparsers.add_parser(
-        "dedup", help="groups of near-duplicate stored images",
-        description="Group stored images whose vectors have cosine >= threshold "
-                    "(transitively) and print the groups.")
-    p.add_argument("vectors", help="vectors.parquet or vectors.npy written by embed")
-    p.add_argument("--threshold", type=float, default=0.95,
-                   help="cosine similarity that makes two images duplicates (default 0.95)")
-    p.add_argument("--csv", help="also write group,path,cosine_to_first to this CSV file")
-    add_json_option(p)
-    p.set_defaults(func=cmd_dedup)

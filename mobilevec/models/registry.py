@@ -81,8 +81,7 @@ class ModelConfig:
     :attr:`input`). ``batch_norm_momentum`` is TF's convention (decay of the moving
     averages) used when fine-tuning: TF Hub's V3 cards default to 0.99, TF-Slim's training
     scope (V2) to 0.997. ``dedup`` is the :class:`DedupRule` ``mobilevec dedup`` applies by
-    default once the command runs on :mod:`mobilevec.embedding.dedup` (``dedup_threshold`` is
-    the cosine threshold the current single-linkage command uses).
+    default (:mod:`mobilevec.embedding.dedup`; see docs/dedup.md).
     """
 
     name: str
@@ -91,9 +90,6 @@ class ModelConfig:
     image_size: int
     batch_norm_momentum: float
     dedup: DedupRule = _V3_DEDUP
-    # What `mobilevec dedup` (single linkage over plain cosine) applies today; `dedup`
-    # above is the rule of `embedding.dedup`, which the command moves to once calibrated.
-    dedup_threshold: float = 0.95
 
     @property
     def input(self) -> InputContract:
