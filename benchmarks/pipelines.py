@@ -201,11 +201,17 @@ def main() -> None:
     for name in (V3, V2):
         record(f"mobilevec embed {name} (cold cache)",
                mobilevec_embed(corpus, name, out / "cold.parquet", env))
+        mobilevec_embed(corpus, name, out / "cold.parquet", env, "--backend", "onnxruntime")
     contenders = {
         "mobilevec embed V3 (defaults)": lambda: mobilevec_embed(
             corpus, V3, out / "v3.parquet", env),
         "mobilevec embed V2 (defaults)": lambda: mobilevec_embed(
             corpus, V2, out / "v2.parquet", env),
+        # The runner-up exact engine, to check the default's order (engines.default).
+        "mobilevec embed V3 --backend onnxruntime": lambda: mobilevec_embed(
+            corpus, V3, out / "v3-ort.parquet", env, "--backend", "onnxruntime"),
+        "mobilevec embed V2 --backend onnxruntime": lambda: mobilevec_embed(
+            corpus, V2, out / "v2-ort.parquet", env, "--backend", "onnxruntime"),
         "MediaPipe ImageEmbedder V3, 1 process": lambda: mediapipe(args.peer_python, paths, 1),
         "MediaPipe ImageEmbedder V3, 2 processes": lambda: mediapipe(args.peer_python, paths,
                                                                      2),
