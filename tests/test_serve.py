@@ -62,7 +62,7 @@ def server(tmp_path_factory, offline):
     served = Served(["--model", f"v3={V3}", "--weights", str(require(V3_TFLITE)),
                      "--model", f"v2={V2}", "--weights", str(require(V2_NPY)),
                      "--max-batch", "8", "--max-delay-ms", "5", "--max-pixels",
-                     str(MAX_PIXELS), "--max-body-bytes", str(MAX_BODY)],
+                     str(MAX_PIXELS), "--max-body-bytes", str(MAX_BODY), "--max-queue", "64"],
                     tmp_path_factory.mktemp("serve") / "server.log")
     yield served
     assert served.stop() == 0, served.log

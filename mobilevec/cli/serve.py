@@ -137,7 +137,8 @@ def add_commands(subparsers) -> None:
     p.add_argument("--max-delay-ms", type=float_in(0, 10_000),
                    help="how long the first request of a batch waits for others (default 5)")
     p.add_argument("--max-queue", type=positive_int,
-                   help="images waiting per model before 503 (default 4 x --max-batch)")
+                   help="requests per model waiting (decoding or queued) before 503, and "
+                        "images queued for the engine (default 4 x --max-batch)")
     p.add_argument("--timeout", type=float_in(0, 3600, low_open=True), metavar="SECONDS",
                    help="per-request limit from arrival to answer, 504 past it (default 30)")
     p.add_argument("--max-body-bytes", type=_byte_count, metavar="SIZE",

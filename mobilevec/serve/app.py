@@ -9,11 +9,12 @@ problem never reaches the batch other requests share (:mod:`.inputs`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -84,6 +85,7 @@ class State:
                                        thread_name_prefix="decode")
         self.stopping = False
         self.in_flight = 0
+        self.pending = dict.fromkeys(models, 0)
 
     def model(self, name: str, request=None) -> Runtime:
         """The model ``name`` (recorded on ``request`` for the metrics), else 404."""
@@ -94,6 +96,22 @@ class State:
         if request is not None:
             request["model"] = name
         return runtime
+
+    @contextlib.contextmanager
+    def admitted(self, runtime: Runtime) -> Iterator[None]:
+        """Admission control, before the body is read: at most ``queue_limit`` requests
+        per model between arrival and answer (reading, decoding, queued), so that past it
+        the excess is answered 503 at once and neither the decode pool's backlog nor
+        memory grows with the load."""
+        if self.pending[runtime.name] >= self.config.queue_limit:
+            raise RequestError(503, "queue_full", f"model {runtime.name!r}: "
+                                                  f"{self.pending[runtime.name]} requests "
+                                                  "waiting; retry later", {"Retry-After": "1"})
+        self.pending[runtime.name] += 1  # one event loop: no lock needed
+        try:
+            yield
+        finally:
+            self.pending[runtime.name] -= 1
 
     async def prepare(self, fn: Callable[[], Any]) -> Any:
         """Parse and decode off the event loop (in parallel with inference)."""
@@ -261,11 +279,12 @@ def _handlers(state: State) -> dict[str, Callable[..., Awaitable]]:
         if version not in (None, "1"):
             raise RequestError(404, "unknown_version", f"model {m.name!r} has version 1 "
                                                        f"only, not {version!r}")
-        body = await _body(request)
-        header = request.headers.get("Inference-Header-Content-Length")
-        parsed = await state.prepare(lambda: parse_oip(body, header, m.decoder,
-                                                       output_name=OUTPUT_NAME))
-        vectors = await state.vectors(m, parsed.images, request["deadline"])
+        with state.admitted(m):
+            body = await _body(request)
+            header = request.headers.get("Inference-Header-Content-Length")
+            parsed = await state.prepare(lambda: parse_oip(body, header, m.decoder,
+                                                           output_name=OUTPUT_NAME))
+            vectors = await state.vectors(m, parsed.images, request["deadline"])
         out, headers = oip_response(m.name, parsed, vectors)
         return web.Response(body=out, headers=headers)
 
@@ -297,17 +316,19 @@ def _handlers(state: State) -> dict[str, Callable[..., Awaitable]]:
         if version not in (None, "1"):
             raise RequestError(404, "unknown_version", f"model {m.name!r} has version 1 "
                                                        f"only, not {version!r}")
-        body = await _body(request)
-        images, key = await state.prepare(lambda: parse_predict(body, m.decoder))
-        vectors = await state.vectors(m, images, request["deadline"])
+        with state.admitted(m):
+            body = await _body(request)
+            images, key = await state.prepare(lambda: parse_predict(body, m.decoder))
+            vectors = await state.vectors(m, images, request["deadline"])
         return _json({key: vectors.tolist()})
 
     async def embed(request):
         name = request.query.get("model", state.default_model)
         m = state.model(name, request)
-        blobs = await _uploads(request, state.config.max_body_bytes)
-        images = await state.prepare(lambda: m.decoder.images(blobs))
-        vectors = await state.vectors(m, images, request["deadline"])
+        with state.admitted(m):
+            blobs = await _uploads(request, state.config.max_body_bytes)
+            images = await state.prepare(lambda: m.decoder.images(blobs))
+            vectors = await state.vectors(m, images, request["deadline"])
         if "application/octet-stream" in request.headers.get("Accept", ""):
             return web.Response(body=np.ascontiguousarray(vectors, "<f4").tobytes(),
                                 content_type="application/octet-stream",

@@ -31,7 +31,11 @@ def load_runtime(served: ServedModel, config: ServeConfig,
     emb = embedder(served.model, served.weights, handle=served.handle,
                    backend=served.backend, precision=served.precision)
     size = emb.image_size
-    for n in sorted({1, config.max_batch}):  # compile both shapes before the first request
+    # Every batch size once, so that no request waits for a compilation: engines compile a
+    # shape the first time they see it (OpenVINO: a few static ones, then its dynamic-batch
+    # model). The likeliest sizes come first (a lone request, a full batch), as the first
+    # shapes seen are the ones compiled static.
+    for n in dict.fromkeys([1, config.max_batch, *range(2, config.max_batch)]):
         emb(np.zeros((n, 3, *size), np.float32))
 
     def batch_done(n: int, seconds: float) -> None:
