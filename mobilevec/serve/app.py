@@ -94,7 +94,7 @@ class State:
             raise RequestError(404, "unknown_model", f"no model {name!r}; this server has "
                                                      f"{sorted(self.models)}")
         if request is not None:
-            request["model"] = name
+            request[_APP.model] = name
         return runtime
 
     @contextlib.contextmanager
@@ -182,7 +182,7 @@ def _middlewares(state: State):
     @web.middleware
     async def observe(request, handler):
         start = time.monotonic()
-        request["deadline"] = start + state.config.timeout_s
+        request[_APP.deadline] = start + state.config.timeout_s
         state.in_flight += 1
         kind = ""
         try:
@@ -207,7 +207,7 @@ def _middlewares(state: State):
         endpoint = _endpoint(request)
         if kind:
             state.metrics.errors.inc(kind)
-        state.metrics.requests.inc(endpoint, request.get("model", ""), str(response.status))
+        state.metrics.requests.inc(endpoint, request.get(_APP.model, ""), str(response.status))
         state.metrics.latency.observe(seconds, endpoint)
         if state.config.access_log:
             access_log.info('%s "%s %s" %d %s %.1fms%s', request.remote, request.method,
@@ -284,7 +284,7 @@ def _handlers(state: State) -> dict[str, Callable[..., Awaitable]]:
             header = request.headers.get("Inference-Header-Content-Length")
             parsed = await state.prepare(lambda: parse_oip(body, header, m.decoder,
                                                            output_name=OUTPUT_NAME))
-            vectors = await state.vectors(m, parsed.images, request["deadline"])
+            vectors = await state.vectors(m, parsed.images, request[_APP.deadline])
         out, headers = oip_response(m.name, parsed, vectors)
         return web.Response(body=out, headers=headers)
 
@@ -319,7 +319,7 @@ def _handlers(state: State) -> dict[str, Callable[..., Awaitable]]:
         with state.admitted(m):
             body = await _body(request)
             images, key = await state.prepare(lambda: parse_predict(body, m.decoder))
-            vectors = await state.vectors(m, images, request["deadline"])
+            vectors = await state.vectors(m, images, request[_APP.deadline])
         return _json({key: vectors.tolist()})
 
     async def embed(request):
@@ -328,7 +328,7 @@ def _handlers(state: State) -> dict[str, Callable[..., Awaitable]]:
         with state.admitted(m):
             blobs = await _uploads(request, state.config.max_body_bytes)
             images = await state.prepare(lambda: m.decoder.images(blobs))
-            vectors = await state.vectors(m, images, request["deadline"])
+            vectors = await state.vectors(m, images, request[_APP.deadline])
         if "application/octet-stream" in request.headers.get("Accept", ""):
             return web.Response(body=np.ascontiguousarray(vectors, "<f4").tobytes(),
                                 content_type="application/octet-stream",
@@ -385,7 +385,11 @@ def build_app(config: ServeConfig, models: dict[str, Runtime]):
     global _APP
     web = _web()
     if _APP is None:
-        _APP = type("_Keys", (), {"state": web.AppKey("state", State)})
+        request_key = getattr(web, "RequestKey", None)  # aiohttp >= 3.13; plain keys before
+        _APP = type("_Keys", (), {
+            "state": web.AppKey("state", State),
+            "deadline": request_key("deadline", float) if request_key else "deadline",
+            "model": request_key("model", str) if request_key else "model"})
     state = State(config, models)
     app = web.Application(middlewares=_middlewares(state),
                           client_max_size=config.max_body_bytes)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .app import Runtime, app_state, build_app
-from .batching import DynamicBatcher
+from .batching import DynamicBatcher, batch_sizes
 from .config import ServeConfig, ServedModel
 from .inputs import Decoder
 
@@ -31,11 +31,9 @@ def load_runtime(served: ServedModel, config: ServeConfig,
     emb = embedder(served.model, served.weights, handle=served.handle,
                    backend=served.backend, precision=served.precision)
     size = emb.image_size
-    # Every batch size once, so that no request waits for a compilation: engines compile a
-    # shape the first time they see it (OpenVINO: a few static ones, then its dynamic-batch
-    # model). The likeliest sizes come first (a lone request, a full batch), as the first
-    # shapes seen are the ones compiled static.
-    for n in dict.fromkeys([1, config.max_batch, *range(2, config.max_batch)]):
+    # Every size a batch is padded to, once, so that no request waits for a compilation
+    # (engines compile a shape the first time they see it).
+    for n in batch_sizes(config.max_batch):
         emb(np.zeros((n, 3, *size), np.float32))
 
     def batch_done(n: int, seconds: float) -> None:
