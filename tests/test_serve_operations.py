@@ -18,7 +18,7 @@ requests = pytest.importorskip("requests")
 pytest.importorskip("aiohttp")
 
 V3 = "mobilenet_v3_small_075_224"
-DELAY_MS = 1500  # a lone request waits this long for company: long enough to act meanwhile
+BIG = 48  # images in one request: decoding and running them takes long enough to act meanwhile
 TOKEN = "s3cret-token-for-tests"
 
 
@@ -32,7 +32,7 @@ def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve-ops")
     (folder / "token").write_text(TOKEN + "\n")
     served = Served(["--model", V3, "--weights", str(require(V3_TFLITE)), "--max-batch", "8",
-                     "--max-delay-ms", str(DELAY_MS), "--max-queue", "2", "--token-file",
+                     "--max-queue", "2", "--decode-threads", "1", "--token-file",
                      str(folder / "token")], folder / "server.log", token=TOKEN)
     yield served
     served.stop()
@@ -63,28 +63,30 @@ def test_a_wrong_or_missing_token_is_refused(server, photo):
     assert client.get_model_metadata(V3, headers=server.headers)["name"] == V3
 
 
-def test_a_full_queue_answers_503_at_once_and_the_queued_request_still_succeeds(server,
-                                                                                photo):
+def test_a_full_queue_answers_503_at_once_and_the_queued_requests_still_succeed(server,
+                                                                                 photo):
     url = f"{server.url}/v2/models/{V3}/infer"
-    first: dict = {}
+    answers: list = []
 
-    def fill():  # two images: the whole queue, waiting DELAY_MS for a batch of 8
-        first["answer"] = requests.post(url, json=_infer_body(photo, 2),
-                                        headers=server.headers, timeout=60)
+    def big():  # two requests in flight fill the queue of 2 (--max-queue)
+        answers.append(requests.post(url, json=_infer_body(photo, BIG),
+                                     headers=server.headers, timeout=120))
 
-    thread = threading.Thread(target=fill)
-    thread.start()
-    time.sleep(0.5)
+    threads = [threading.Thread(target=big) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
     start = time.monotonic()
     refused = requests.post(url, json=_infer_body(photo, 1), headers=server.headers,
                             timeout=60)
     seconds = time.monotonic() - start
-    thread.join()
+    for thread in threads:
+        thread.join()
     assert refused.status_code == 503 and refused.json()["kind"] == "queue_full"
     assert refused.headers["Retry-After"] == "1"
-    assert seconds < 0.5  # answered at once, not after the queued batch ran
-    assert first["answer"].status_code == 200
-    assert first["answer"].json()["outputs"][0]["shape"] == [2, 1024]
+    assert seconds < 0.5  # answered at once, not after the queued work ran
+    assert [a.status_code for a in answers] == [200, 200]
+    assert all(a.json()["outputs"][0]["shape"] == [BIG, 1024] for a in answers)
     metrics = requests.get(f"{server.url}/metrics", headers=server.headers, timeout=10).text
     assert 'mobilevec_errors_total{kind="queue_full"} 1' in metrics
 
@@ -104,19 +106,19 @@ def test_sigterm_finishes_the_requests_in_flight_and_refuses_new_ones(server, ph
     answer: dict = {}
 
     def in_flight():
-        answer["r"] = requests.post(url, json=_infer_body(photo, 1), headers=server.headers,
+        answer["r"] = requests.post(url, json=_infer_body(photo, BIG), headers=server.headers,
                                     timeout=60)
 
     thread = threading.Thread(target=in_flight)
     thread.start()
-    time.sleep(0.5)  # the request waits in its batch (DELAY_MS) when the signal comes
+    time.sleep(0.3)  # its images are being decoded and run when the signal comes
     server.proc.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     with pytest.raises(requests.ConnectionError):  # no longer listening
         requests.get(f"{server.url}/v2/health/live", timeout=5)
     thread.join()
     assert answer["r"].status_code == 200, answer["r"].text
-    assert answer["r"].json()["outputs"][0]["shape"] == [1, 1024]
+    assert answer["r"].json()["outputs"][0]["shape"] == [BIG, 1024]
     assert server.proc.wait(30) == 0
     assert "SIGTERM: finishing 1 request(s) in flight" in server.log
 
@@ -255,3 +257,33 @@ def test_the_command_line_refuses_what_it_cannot_serve(tmp_path):
     (tmp_path / "empty").write_text("\n")
     run = serve("--model", V3, "--weights", "x", "--token-file", str(tmp_path / "empty"))
     assert run.returncode == 1 and "is empty" in run.stderr
+
+
+def test_the_batcher_waits_for_company_only_while_some_is_on_its_way():
+    calls = []
+    batcher = _batcher(lambda x: calls.append(len(x)) or np.zeros((len(x), 2), np.float32),
+                       max_delay_ms=2000)
+    coming = [0]
+    batcher.incoming = lambda: coming[0]
+
+    async def one() -> float:
+        start = time.monotonic()
+        await batcher.submit(np.zeros((1, 3, 2, 2), np.float32))
+        return time.monotonic() - start
+
+    async def main():
+        alone = await one()  # nobody else coming: runs at once, not after 2 s
+        coming[0] = 1  # one more request is being decoded: wait for it
+
+        async def late():
+            await asyncio.sleep(0.3)
+            coming[0] = 0
+            await batcher.submit(np.zeros((1, 3, 2, 2), np.float32))
+
+        waited, _ = await asyncio.gather(one(), late())
+        return alone, waited
+
+    alone, waited = asyncio.run(main())
+    batcher.stop()
+    assert alone < 0.2 and 0.25 < waited < 1.5
+    assert calls == [1, 2]  # the second batch held both

@@ -86,6 +86,9 @@ class State:
         self.stopping = False
         self.in_flight = 0
         self.pending = dict.fromkeys(models, 0)
+        self.preparing = dict.fromkeys(models, 0)
+        for name, runtime in models.items():
+            runtime.batcher.incoming = lambda name=name: self.preparing[name]
 
     def model(self, name: str, request=None) -> Runtime:
         """The model ``name`` (recorded on ``request`` for the metrics), else 404."""
@@ -98,7 +101,7 @@ class State:
         return runtime
 
     @contextlib.contextmanager
-    def admitted(self, runtime: Runtime) -> Iterator[None]:
+    def admitted(self, runtime: Runtime) -> Iterator[list[bool]]:
         """Admission control, before the body is read: at most ``queue_limit`` requests
         per model between arrival and answer (reading, decoding, queued), so that past it
         the excess is answered 503 at once and neither the decode pool's backlog nor
@@ -108,17 +111,24 @@ class State:
                                                   f"{self.pending[runtime.name]} requests "
                                                   "waiting; retry later", {"Retry-After": "1"})
         self.pending[runtime.name] += 1  # one event loop: no lock needed
+        self.preparing[runtime.name] += 1
+        ticket = [True]  # still preparing (read, parse, decode); vectors() clears it
         try:
-            yield
+            yield ticket
         finally:
             self.pending[runtime.name] -= 1
+            if ticket[0]:
+                self.preparing[runtime.name] -= 1
 
     async def prepare(self, fn: Callable[[], Any]) -> Any:
         """Parse and decode off the event loop (in parallel with inference)."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn)
 
-    async def vectors(self, runtime: Runtime, images: np.ndarray, deadline: float
-                      ) -> np.ndarray:
+    async def vectors(self, runtime: Runtime, images: np.ndarray, deadline: float,
+                      ticket: list[bool]) -> np.ndarray:
+        if ticket[0]:
+            ticket[0] = False
+            self.preparing[runtime.name] -= 1
         left = deadline - time.monotonic()
         try:
             if left <= 0:
@@ -279,12 +289,13 @@ def _handlers(state: State) -> dict[str, Callable[..., Awaitable]]:
         if version not in (None, "1"):
             raise RequestError(404, "unknown_version", f"model {m.name!r} has version 1 "
                                                        f"only, not {version!r}")
-        with state.admitted(m):
+        with state.admitted(m) as ticket:
             body = await _body(request)
             header = request.headers.get("Inference-Header-Content-Length")
             parsed = await state.prepare(lambda: parse_oip(body, header, m.decoder,
                                                            output_name=OUTPUT_NAME))
-            vectors = await state.vectors(m, parsed.images, request[_APP.deadline])
+            vectors = await state.vectors(m, parsed.images, request[_APP.deadline],
+                                          ticket)
         out, headers = oip_response(m.name, parsed, vectors)
         return web.Response(body=out, headers=headers)
 
@@ -316,19 +327,19 @@ def _handlers(state: State) -> dict[str, Callable[..., Awaitable]]:
         if version not in (None, "1"):
             raise RequestError(404, "unknown_version", f"model {m.name!r} has version 1 "
                                                        f"only, not {version!r}")
-        with state.admitted(m):
+        with state.admitted(m) as ticket:
             body = await _body(request)
             images, key = await state.prepare(lambda: parse_predict(body, m.decoder))
-            vectors = await state.vectors(m, images, request[_APP.deadline])
+            vectors = await state.vectors(m, images, request[_APP.deadline], ticket)
         return _json({key: vectors.tolist()})
 
     async def embed(request):
         name = request.query.get("model", state.default_model)
         m = state.model(name, request)
-        with state.admitted(m):
+        with state.admitted(m) as ticket:
             blobs = await _uploads(request, state.config.max_body_bytes)
             images = await state.prepare(lambda: m.decoder.images(blobs))
-            vectors = await state.vectors(m, images, request[_APP.deadline])
+            vectors = await state.vectors(m, images, request[_APP.deadline], ticket)
         if "application/octet-stream" in request.headers.get("Accept", ""):
             return web.Response(body=np.ascontiguousarray(vectors, "<f4").tobytes(),
                                 content_type="application/octet-stream",

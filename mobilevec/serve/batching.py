@@ -69,6 +69,9 @@ class DynamicBatcher:
         self.max_batch, self.max_delay = max_batch, max_delay_ms / 1000.0
         self.max_queue = max(max_queue, 1)
         self._on_batch = on_batch
+        # How many requests are on their way (admitted, still being read or decoded): the
+        # server sets it. With none coming, waiting for company only adds latency.
+        self.incoming: Callable[[], int] = lambda: 0
         self._jobs: deque[_Job] = deque()
         self._queued = 0  # images in _jobs
         self._cond = threading.Condition()
@@ -119,18 +122,20 @@ class DynamicBatcher:
 
     def _take(self) -> list[_Job] | None:
         """The next batch: jobs totalling <= max_batch images (one larger job alone),
-        waiting up to max_delay after the first one for more."""
+        waiting up to max_delay after the first one for more while more are on their way
+        (:attr:`incoming`)."""
         with self._cond:
             while not self._jobs:
                 if self._stopping:
                     return None
                 self._cond.wait()
             deadline = self._jobs[0].arrived + self.max_delay
-            while self._queued < self.max_batch and not self._stopping:
+            while self._queued < self.max_batch and not self._stopping and self.incoming():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                self._cond.wait(left)
+                # a submit wakes us; a request that fails its decode does not: poll
+                self._cond.wait(min(left, 0.002))
                 if not self._jobs:  # all dropped meanwhile
                     return []
             batch, total = [], 0
