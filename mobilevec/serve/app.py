@@ -82,7 +82,8 @@ class State:
         self.metrics = Metrics(config.max_batch,
                                lambda: {n: m.batcher.depth for n, m in models.items()})
         self.pool = ThreadPoolExecutor(max_workers=config.decode_threads or _cores(),
-                                       thread_name_prefix="decode")
+                                       thread_name_prefix="decode",
+                                       initializer=_lower_priority)
         self.stopping = False
         self.in_flight = 0
         self.pending = dict.fromkeys(models, 0)
@@ -144,6 +145,22 @@ class State:
         except TimeoutError:
             raise RequestError(504, "timeout", f"no answer within the request timeout of "
                                                f"{self.config.timeout_s:g} s") from None
+
+
+# Decode threads run at a lower priority than the event loop and the engine threads, as
+# the pipeline's decode processes do: on a saturated CPU the loop must still answer the
+# excess (503) and the health probes at once.
+DECODE_NICENESS = 10
+
+
+def _lower_priority() -> None:
+    import os
+    import threading
+
+    with contextlib.suppress(AttributeError, OSError):  # Linux: a thread is a task
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid,
+                       min(19, os.getpriority(os.PRIO_PROCESS, tid) + DECODE_NICENESS))
 
 
 def _cores() -> int:

@@ -8,6 +8,7 @@ timeout), then runs what is left in the queues and exits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Callable
@@ -51,6 +52,29 @@ def load_runtime(served: ServedModel, config: ServeConfig,
                    emb.backend, batcher, decoder)
 
 
+# Threads other than the event loop's (the engines' worker pools, the batchers) run this
+# much lower in priority: on a saturated CPU the loop still reads requests, answers the
+# excess with 503 and the health probes at once, and gives the workers back the rest.
+WORKER_NICENESS = 5
+
+
+def _workers_below_the_loop() -> None:
+    """Lower every thread of this process but the calling one (Linux, best effort)."""
+    import os
+    import threading
+
+    me = threading.get_native_id()
+    try:
+        tasks = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        return
+    for tid in tasks:
+        if tid != me:
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, tid,
+                               min(19, os.getpriority(os.PRIO_PROCESS, me) + WORKER_NICENESS))
+
+
 def serve(config: ServeConfig, *, on_ready: Callable[[str], None] | None = None) -> None:
     """Serve ``config.models`` on ``config.host``:``config.port`` until SIGTERM/SIGINT.
     ``on_ready(url)`` is called once the models are loaded and the port listens."""
@@ -75,6 +99,7 @@ async def _serve(config: ServeConfig, on_ready: Callable[[str], None] | None) ->
         # loading compiles engines: off the loop, one model after the other
         runtimes[served.name] = await loop.run_in_executor(
             None, load_runtime, served, config, on_batch)
+    _workers_below_the_loop()
     app = build_app(config, runtimes)
     state = holder["state"] = app_state(app)
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
