@@ -287,3 +287,57 @@ def test_the_batcher_waits_for_company_only_while_some_is_on_its_way():
     batcher.stop()
     assert alone < 0.2 and 0.25 < waited < 1.5
     assert calls == [1, 2]  # the second batch held both
+
+
+def test_hostile_bodies_get_4xx_in_process():
+    """Deep nesting, a gzip bomb, NaN pixels, a broken multipart form, a huge shape: each a
+    4xx naming the problem (in-process, a fake engine that must never run)."""
+    import gzip
+
+    aiohttp_test = pytest.importorskip("aiohttp.test_utils")
+    from mobilevec.serve.app import Runtime, build_app
+    from mobilevec.serve.batching import DynamicBatcher
+    from mobilevec.serve.config import ServeConfig, ServedModel
+    from mobilevec.serve.inputs import Decoder
+
+    ran = []
+    batcher = DynamicBatcher("m", lambda x: ran.append(x) or np.zeros((len(x), 4)),
+                             image_shape=(3, 2, 2), max_batch=1, max_delay_ms=0, max_queue=8)
+    runtime = Runtime("m", V3, 4, (2, 2), "fp32", "fake", batcher,
+                      Decoder((2, 2), "none", False, 1000))
+    config = ServeConfig(models=(ServedModel("m", V3, weights="unused"),),
+                         max_body_bytes=1 << 20)
+
+    def tensor(data: str, shape: str = "[1, 2, 2, 3]") -> bytes:
+        return (f'{{"inputs": [{{"name": "a", "shape": {shape}, "datatype": "FP32", '
+                f'"data": {data}}}]}}').encode()
+
+    cases = [  # (path, body, headers, status, kind, words)
+        ("/v1/models/m:predict", b'{"instances": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}",
+         {}, 400, "bad_json", "nested too deeply"),
+        ("/v1/models/m:predict", gzip.compress(b"[" + b"0," * (20 << 20) + b"0]"),
+         {"Content-Encoding": "gzip"}, 413, "body_too_large", "limit of 1048576"),
+        ("/v2/models/m/infer", tensor("[NaN" + ", 0.5" * 11 + "]"), {}, 400, "out_of_range",
+         "NaN"),
+        ("/v2/models/m/infer", tensor("[255" + ", 0.5" * 11 + "]"), {}, 400, "out_of_range",
+         "divide 8-bit values by 255"),
+        ("/v2/models/m/infer", tensor("[1]", "[99999999, 99999999, 2, 3]"), {}, 400,
+         "wrong_shape", "1 values for shape"),
+        ("/embed", b"--x\r\n", {"Content-Type": "multipart/form-data; boundary=x"}, 400,
+         "bad_multipart", "multipart"),
+    ]
+
+    async def main():
+        async with aiohttp_test.TestClient(aiohttp_test.TestServer(
+                build_app(config, {"m": runtime}))) as client:
+            out = []
+            for path, body, headers, *_ in cases:
+                r = await client.post(path, data=body, headers=headers)
+                out.append((r.status, await r.json()))
+            return out
+
+    answers = asyncio.run(main())
+    batcher.stop()
+    for (status, body), (path, _, _, want, kind, words) in zip(answers, cases, strict=True):
+        assert (status, body["kind"]) == (want, kind) and words in body["error"], (path, body)
+    assert not ran
