@@ -101,6 +101,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"serving {', '.join(m.name for m in config.models)} on {url} "
               f"(Ctrl-C or SIGTERM to stop)", file=sys.stderr, flush=True)
 
+    if args.runner == "ray":
+        from ..serve.ray_runner import serve_on_ray
+
+        serve_on_ray(config, address=args.address, replicas=args.replicas,
+                     max_replicas=args.max_replicas, on_ready=ready)
+        return EXIT_OK
     serve(config, on_ready=ready)
     return EXIT_OK
 
@@ -156,4 +162,14 @@ def add_commands(subparsers) -> None:
                                         "token in this file (health probes stay open)")
     p.add_argument("--no-access-log", action="store_true",
                    help="no log line per request")
+    p.add_argument("--runner", choices=("local", "ray"), default="local",
+                   help="local: this process (default); ray: Ray Serve deployments, the same "
+                        "protocols (pip install 'mobilevec[serve-ray]'; docs/serve.md)")
+    p.add_argument("--address", help="with --runner ray: 'auto' or ray://HOST:10001 to join a "
+                                     "cluster (default: a local Ray instance)")
+    p.add_argument("--replicas", type=positive_int, default=1,
+                   help="with --runner ray: replicas per model (the minimum, with "
+                        "--max-replicas)")
+    p.add_argument("--max-replicas", type=positive_int,
+                   help="with --runner ray: autoscale each model up to this many replicas")
     p.set_defaults(func=cmd_serve)
