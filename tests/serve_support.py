@@ -43,7 +43,7 @@ class Served:
             try:
                 if requests.get(f"{self.url}/v2/health/ready", timeout=2).status_code == 200:
                     return
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or still starting
                 pass
             time.sleep(0.2)
         self.stop()

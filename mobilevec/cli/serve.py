@@ -101,6 +101,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"serving {', '.join(m.name for m in config.models)} on {url} "
               f"(Ctrl-C or SIGTERM to stop)", file=sys.stderr, flush=True)
 
+    if args.runner == "ray":
+        from ..serve.ray_runner import serve_on_ray
+
+        serve_on_ray(config, address=args.address, replicas=args.replicas,
+                     max_replicas=args.max_replicas, on_ready=ready)
+        return EXIT_OK
     serve(config, on_ready=ready)
     return EXIT_OK
 
@@ -137,7 +143,8 @@ def add_commands(subparsers) -> None:
     p.add_argument("--max-delay-ms", type=float_in(0, 10_000),
                    help="how long the first request of a batch waits for others (default 5)")
     p.add_argument("--max-queue", type=positive_int,
-                   help="images waiting per model before 503 (default 4 x --max-batch)")
+                   help="requests per model waiting (decoding or queued) before 503, and "
+                        "images queued for the engine (default 4 x --max-batch)")
     p.add_argument("--timeout", type=float_in(0, 3600, low_open=True), metavar="SECONDS",
                    help="per-request limit from arrival to answer, 504 past it (default 30)")
     p.add_argument("--max-body-bytes", type=_byte_count, metavar="SIZE",
@@ -155,4 +162,14 @@ def add_commands(subparsers) -> None:
                                         "token in this file (health probes stay open)")
     p.add_argument("--no-access-log", action="store_true",
                    help="no log line per request")
+    p.add_argument("--runner", choices=("local", "ray"), default="local",
+                   help="local: this process (default); ray: Ray Serve deployments, the same "
+                        "protocols (pip install 'mobilevec[serve-ray]'; docs/serve.md)")
+    p.add_argument("--address", help="with --runner ray: 'auto' or ray://HOST:10001 to join a "
+                                     "cluster (default: a local Ray instance)")
+    p.add_argument("--replicas", type=positive_int, default=1,
+                   help="with --runner ray: replicas per model (the minimum, with "
+                        "--max-replicas)")
+    p.add_argument("--max-replicas", type=positive_int,
+                   help="with --runner ray: autoscale each model up to this many replicas")
     p.set_defaults(func=cmd_serve)

@@ -9,11 +9,12 @@ problem never reaches the batch other requests share (:mod:`.inputs`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -81,9 +82,14 @@ class State:
         self.metrics = Metrics(config.max_batch,
                                lambda: {n: m.batcher.depth for n, m in models.items()})
         self.pool = ThreadPoolExecutor(max_workers=config.decode_threads or _cores(),
-                                       thread_name_prefix="decode")
+                                       thread_name_prefix="decode",
+                                       initializer=_lower_priority)
         self.stopping = False
         self.in_flight = 0
+        self.pending = dict.fromkeys(models, 0)
+        self.preparing = dict.fromkeys(models, 0)
+        for name, runtime in models.items():
+            runtime.batcher.incoming = lambda name=name: self.preparing[name]
 
     def model(self, name: str, request=None) -> Runtime:
         """The model ``name`` (recorded on ``request`` for the metrics), else 404."""
@@ -92,15 +98,38 @@ class State:
             raise RequestError(404, "unknown_model", f"no model {name!r}; this server has "
                                                      f"{sorted(self.models)}")
         if request is not None:
-            request["model"] = name
+            request[_APP.model] = name
         return runtime
+
+    @contextlib.contextmanager
+    def admitted(self, runtime: Runtime) -> Iterator[list[bool]]:
+        """Admission control, before the body is read: at most ``queue_limit`` requests
+        per model between arrival and answer (reading, decoding, queued), so that past it
+        the excess is answered 503 at once and neither the decode pool's backlog nor
+        memory grows with the load."""
+        if self.pending[runtime.name] >= self.config.queue_limit:
+            raise RequestError(503, "queue_full", f"model {runtime.name!r}: "
+                                                  f"{self.pending[runtime.name]} requests "
+                                                  "waiting; retry later", {"Retry-After": "1"})
+        self.pending[runtime.name] += 1  # one event loop: no lock needed
+        self.preparing[runtime.name] += 1
+        ticket = [True]  # still preparing (read, parse, decode); vectors() clears it
+        try:
+            yield ticket
+        finally:
+            self.pending[runtime.name] -= 1
+            if ticket[0]:
+                self.preparing[runtime.name] -= 1
 
     async def prepare(self, fn: Callable[[], Any]) -> Any:
         """Parse and decode off the event loop (in parallel with inference)."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn)
 
-    async def vectors(self, runtime: Runtime, images: np.ndarray, deadline: float
-                      ) -> np.ndarray:
+    async def vectors(self, runtime: Runtime, images: np.ndarray, deadline: float,
+                      ticket: list[bool]) -> np.ndarray:
+        if ticket[0]:
+            ticket[0] = False
+            self.preparing[runtime.name] -= 1
         left = deadline - time.monotonic()
         try:
             if left <= 0:
@@ -116,6 +145,22 @@ class State:
         except TimeoutError:
             raise RequestError(504, "timeout", f"no answer within the request timeout of "
                                                f"{self.config.timeout_s:g} s") from None
+
+
+# Decode threads run at a lower priority than the event loop and the engine threads, as
+# the pipeline's decode processes do: on a saturated CPU the loop must still answer the
+# excess (503) and the health probes at once.
+DECODE_NICENESS = 10
+
+
+def _lower_priority() -> None:
+    import os
+    import threading
+
+    with contextlib.suppress(AttributeError, OSError):  # Linux: a thread is a task
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid,
+                       min(19, os.getpriority(os.PRIO_PROCESS, tid) + DECODE_NICENESS))
 
 
 def _cores() -> int:
@@ -164,7 +209,7 @@ def _middlewares(state: State):
     @web.middleware
     async def observe(request, handler):
         start = time.monotonic()
-        request["deadline"] = start + state.config.timeout_s
+        request[_APP.deadline] = start + state.config.timeout_s
         state.in_flight += 1
         kind = ""
         try:
@@ -189,7 +234,7 @@ def _middlewares(state: State):
         endpoint = _endpoint(request)
         if kind:
             state.metrics.errors.inc(kind)
-        state.metrics.requests.inc(endpoint, request.get("model", ""), str(response.status))
+        state.metrics.requests.inc(endpoint, request.get(_APP.model, ""), str(response.status))
         state.metrics.latency.observe(seconds, endpoint)
         if state.config.access_log:
             access_log.info('%s "%s %s" %d %s %.1fms%s', request.remote, request.method,
@@ -261,11 +306,13 @@ def _handlers(state: State) -> dict[str, Callable[..., Awaitable]]:
         if version not in (None, "1"):
             raise RequestError(404, "unknown_version", f"model {m.name!r} has version 1 "
                                                        f"only, not {version!r}")
-        body = await _body(request)
-        header = request.headers.get("Inference-Header-Content-Length")
-        parsed = await state.prepare(lambda: parse_oip(body, header, m.decoder,
-                                                       output_name=OUTPUT_NAME))
-        vectors = await state.vectors(m, parsed.images, request["deadline"])
+        with state.admitted(m) as ticket:
+            body = await _body(request)
+            header = request.headers.get("Inference-Header-Content-Length")
+            parsed = await state.prepare(lambda: parse_oip(body, header, m.decoder,
+                                                           output_name=OUTPUT_NAME))
+            vectors = await state.vectors(m, parsed.images, request[_APP.deadline],
+                                          ticket)
         out, headers = oip_response(m.name, parsed, vectors)
         return web.Response(body=out, headers=headers)
 
@@ -297,17 +344,19 @@ def _handlers(state: State) -> dict[str, Callable[..., Awaitable]]:
         if version not in (None, "1"):
             raise RequestError(404, "unknown_version", f"model {m.name!r} has version 1 "
                                                        f"only, not {version!r}")
-        body = await _body(request)
-        images, key = await state.prepare(lambda: parse_predict(body, m.decoder))
-        vectors = await state.vectors(m, images, request["deadline"])
+        with state.admitted(m) as ticket:
+            body = await _body(request)
+            images, key = await state.prepare(lambda: parse_predict(body, m.decoder))
+            vectors = await state.vectors(m, images, request[_APP.deadline], ticket)
         return _json({key: vectors.tolist()})
 
     async def embed(request):
         name = request.query.get("model", state.default_model)
         m = state.model(name, request)
-        blobs = await _uploads(request, state.config.max_body_bytes)
-        images = await state.prepare(lambda: m.decoder.images(blobs))
-        vectors = await state.vectors(m, images, request["deadline"])
+        with state.admitted(m) as ticket:
+            blobs = await _uploads(request, state.config.max_body_bytes)
+            images = await state.prepare(lambda: m.decoder.images(blobs))
+            vectors = await state.vectors(m, images, request[_APP.deadline], ticket)
         if "application/octet-stream" in request.headers.get("Accept", ""):
             return web.Response(body=np.ascontiguousarray(vectors, "<f4").tobytes(),
                                 content_type="application/octet-stream",
@@ -364,7 +413,11 @@ def build_app(config: ServeConfig, models: dict[str, Runtime]):
     global _APP
     web = _web()
     if _APP is None:
-        _APP = type("_Keys", (), {"state": web.AppKey("state", State)})
+        request_key = getattr(web, "RequestKey", None)  # aiohttp >= 3.13; plain keys before
+        _APP = type("_Keys", (), {
+            "state": web.AppKey("state", State),
+            "deadline": request_key("deadline", float) if request_key else "deadline",
+            "model": request_key("model", str) if request_key else "model"})
     state = State(config, models)
     app = web.Application(middlewares=_middlewares(state),
                           client_max_size=config.max_body_bytes)

@@ -50,7 +50,8 @@ class ServedModel:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """Server settings. ``max_queue``: images waiting per model before 503 (default
+    """Server settings. ``max_queue``: requests per model between arrival and answer
+    (reading, decoding, queued) before 503, and images queued for the engine (default
     4 x ``max_batch``); ``timeout_s``: a request's limit from arrival to answer (504
     past it); ``decode_threads``: parallel image decoders (default: one per core)."""
 

@@ -21,8 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..data.images import load_array_bytes
-from ..errors import ImageError, InputError
-from ..models.inputs import check_images
+from ..errors import ImageError
 
 
 class RequestError(Exception):
@@ -80,12 +79,14 @@ class Decoder:
                                      f"[N, {h}, {w}, 3] (NHWC, RGB in [0, 1])")
         if len(x) == 0:
             raise bad("empty", f"{what}: no images (batch of 0)")
-        nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2), np.float32)
-        try:
-            check_images(nchw, who=what, size=(h, w))
-        except (InputError, TypeError) as e:
-            raise bad("out_of_range", str(e)) from None
-        return nchw
+        if not np.isfinite(x).all():
+            raise bad("out_of_range", f"{what}: holds NaN or infinite values; pixels are RGB "
+                                      "floats in [0, 1]")
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0 or hi > 1:
+            raise bad("out_of_range", f"{what}: values from {lo:g} to {hi:g}; pixels are RGB "
+                                      "floats in [0, 1] (divide 8-bit values by 255)")
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2), np.float32)
 
 
 def parse_json(body: bytes, what: str) -> Any:
@@ -93,6 +94,8 @@ def parse_json(body: bytes, what: str) -> Any:
         return json.loads(body)
     except (UnicodeDecodeError, ValueError) as e:
         raise bad("bad_json", f"{what}: the body is not JSON ({e})") from None
+    except RecursionError:
+        raise bad("bad_json", f"{what}: JSON nested too deeply") from None
 
 
 def floats(data: Any, what: str) -> np.ndarray:
@@ -100,6 +103,8 @@ def floats(data: Any, what: str) -> np.ndarray:
     values are refused."""
     try:
         x = np.asarray(data, dtype=np.float32)
+    except RecursionError:
+        raise bad("wrong_shape", f"{what}: lists nested too deeply") from None
     except (TypeError, ValueError, OverflowError) as e:
         raise bad("wrong_dtype", f"{what}: expected numbers (FP32), nested as the shape "
                                  f"says ({type(e).__name__}: {e})") from None

@@ -8,6 +8,7 @@ timeout), then runs what is left in the queues and exits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .app import Runtime, app_state, build_app
-from .batching import DynamicBatcher
+from .batching import DynamicBatcher, batch_sizes
 from .config import ServeConfig, ServedModel
 from .inputs import Decoder
 
@@ -31,7 +32,9 @@ def load_runtime(served: ServedModel, config: ServeConfig,
     emb = embedder(served.model, served.weights, handle=served.handle,
                    backend=served.backend, precision=served.precision)
     size = emb.image_size
-    for n in sorted({1, config.max_batch}):  # compile both shapes before the first request
+    # Every size a batch is padded to, once, so that no request waits for a compilation
+    # (engines compile a shape the first time they see it).
+    for n in batch_sizes(config.max_batch):
         emb(np.zeros((n, 3, *size), np.float32))
 
     def batch_done(n: int, seconds: float) -> None:
@@ -47,6 +50,29 @@ def load_runtime(served: ServedModel, config: ServeConfig,
              emb.backend, emb.precision, emb.num_features, *size)
     return Runtime(served.name, emb.config.name, emb.num_features, size, emb.precision,
                    emb.backend, batcher, decoder)
+
+
+# Threads other than the event loop's (the engines' worker pools, the batchers) run this
+# much lower in priority: on a saturated CPU the loop still reads requests, answers the
+# excess with 503 and the health probes at once, and gives the workers back the rest.
+WORKER_NICENESS = 5
+
+
+def _workers_below_the_loop() -> None:
+    """Lower every thread of this process but the calling one (Linux, best effort)."""
+    import os
+    import threading
+
+    me = threading.get_native_id()
+    try:
+        tasks = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        return
+    for tid in tasks:
+        if tid != me:
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, tid,
+                               min(19, os.getpriority(os.PRIO_PROCESS, me) + WORKER_NICENESS))
 
 
 def serve(config: ServeConfig, *, on_ready: Callable[[str], None] | None = None) -> None:
@@ -73,6 +99,7 @@ async def _serve(config: ServeConfig, on_ready: Callable[[str], None] | None) ->
         # loading compiles engines: off the loop, one model after the other
         runtimes[served.name] = await loop.run_in_executor(
             None, load_runtime, served, config, on_batch)
+    _workers_below_the_loop()
     app = build_app(config, runtimes)
     state = holder["state"] = app_state(app)
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
