@@ -13,7 +13,8 @@ How groups are made, at any size, without an N x N matrix:
    score is never approximate (only a missed candidate is possible).
 2. **Groups that do not chain.** Images with the most above-threshold neighbours are taken
    first as *seeds*; a neighbour joins a seed's group only if it scores at or above the
-   threshold with **every** member already in it (complete linkage). A~B and B~C with A, C
+   threshold with **every** member already in it (complete linkage), the neighbour whose
+   lowest score to the members is highest first. A~B and B~C with A, C
    unrelated give {A, B} and {C} (or {B, C} and {A}), never {A, B, C}.
 3. **Keep rule.** In each group one image is kept (``largest`` file, ``oldest`` mtime, or
    ``first`` in the store's order) and the others are listed for removal with their score
@@ -38,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from .._io import atomic_write, atomic_write_text
-from .._optional import available, require
+from .._optional import available
 from ..errors import DedupError, StoreError
 from ..models.registry import MODELS, SCORES, DedupRule
 from .store import StoredVectors, store_paths
@@ -55,6 +56,7 @@ _FALLBACK = DedupRule("cosine", 0.95)
 _BLOCK_VALUES = 1 << 24  # float32 values per similarity block (64 MiB)
 _PCA_SAMPLE = 20_000
 SINGLE_THREAD_ROWS = 100_000  # smaller ANN indexes are built on one thread (see _add)
+MEAN_PRIOR_ROWS = 16  # a centred score's mean counts as this many rows less sure (Scorer.fit)
 
 
 # --- the rule ----------------------------------------------------------------------------------
@@ -122,7 +124,13 @@ class Scorer:
 
     @classmethod
     def fit(cls, score: str, vectors: np.ndarray) -> Scorer:
-        return cls(score, collection_mean(vectors) if score == "centred" else None)
+        if score != "centred":
+            return cls(score, None)
+        # The mean of a few images is mostly those images (of two, their midpoint: centred,
+        # the pair is always at -1), so it is shrunk towards zero by n / (n + MEAN_PRIOR_ROWS):
+        # tiny collections score nearly as plain cosine, large ones as centred.
+        n = len(vectors)
+        return cls(score, collection_mean(vectors) * np.float32(n / (n + MEAN_PRIOR_ROWS)))
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, np.float32)
@@ -206,8 +214,9 @@ def _project(vectors: np.ndarray, scorer: Scorer, basis: np.ndarray | None) -> n
 
 
 def _new_index(dim: int):
-    from usearch.index import Index
+    from .index import usearch_index
 
+    Index = usearch_index()
     # Connectivity and expansion below usearch's defaults: candidates are re-scored exactly,
     # so the index only has to propose them, and 10^6 rows must build in minutes on 2 cores.
     return Index(ndim=dim, metric="cos", dtype="f32", connectivity=12, expansion_add=64,
@@ -277,7 +286,9 @@ def _method(method: str, rows: int) -> str:
     if method == "auto":
         return "usearch" if rows >= ANN_MIN_ROWS and available("usearch") else "exact"
     if method == "usearch":
-        require("usearch.index", "index", purpose="--index usearch")
+        from .index import usearch_index
+
+        usearch_index("--index usearch")
     return method
 
 
@@ -348,10 +359,19 @@ def group_graph(graph: Graph, vectors: np.ndarray, scorer: Scorer, threshold: fl
             continue
         members = [seed, *cands]
         sims = pair_scores(vectors, scorer, members)
+        # Greedy clique: next, the candidate whose *lowest* score to the members so far is
+        # highest. Taken by score to the seed alone, one weak copy (a half-size JPEG-30) got
+        # in early and then shut out a crop that agreed with every other member.
         chosen = [0]
-        for c in range(1, len(members)):
-            if all(sims[c, m] >= threshold for m in chosen):
-                chosen.append(c)
+        lowest = sims[0].copy()
+        lowest[0] = -np.inf
+        while True:
+            c = int(np.argmax(lowest))  # ties: the candidate closest to the seed
+            if lowest[c] < threshold:
+                break
+            chosen.append(c)
+            lowest = np.minimum(lowest, sims[c])
+            lowest[chosen] = -np.inf
         if len(chosen) > 1:
             group = [members[c] for c in chosen]
             assigned.update(group)
@@ -548,8 +568,9 @@ def _dedup_new(stored: StoredVectors, rule: DedupRule, keep: str, k: int, method
         graph = Graph(new_rows, *_exact_topk(stored.vectors[new_rows], new_rows,
                                              stored.vectors, scorer, k), "exact")
     else:
-        from usearch.index import Index
+        from .index import usearch_index
 
+        Index = usearch_index()
         basis = arrays["basis"]
         index = Index.restore(str(folder / "index.usearch"), view=False)
         if index is None:

@@ -31,6 +31,20 @@ def index_available() -> bool:
     return available("usearch")
 
 
+def usearch_index(purpose: str | None = None):
+    """usearch's ``Index`` class, imported after OpenVINO when that is installed (else
+    :class:`~mobilevec.errors.MissingDependencyError` naming the ``index`` extra).
+
+    usearch's extension exports the C++ runtime it links statically (3,806 ``std::``
+    symbols in 2.26); imported first, it leaves OpenVINO unable to read any IR in that
+    process (``read_model`` fails with an empty message), so ``dedup`` or ``search`` then
+    ``embed`` in one Python session broke. OpenVINO imported first is unaffected.
+    """
+    if available("openvino"):
+        import openvino  # noqa: F401  (load order only)
+    return require("usearch.index", "index", purpose=purpose).Index
+
+
 def store_signature(output: str | Path) -> dict:
     """What the index depends on: every part file of the store, with size and mtime."""
     root, _ = store_paths(output)
@@ -40,8 +54,7 @@ def store_signature(output: str | Path) -> dict:
 
 
 def _build(vectors: np.ndarray):
-    from usearch.index import Index
-
+    Index = usearch_index()
     index = Index(ndim=vectors.shape[1], metric="cos", dtype="f32")
     index.add(np.arange(len(vectors), dtype=np.uint64), np.ascontiguousarray(vectors,
                                                                               np.float32))
@@ -53,8 +66,7 @@ def load_or_build_index(output: str | Path, stored: StoredVectors):
     from ``stored`` (the store's rows, as :func:`~mobilevec.embedding.store.read_store` gives
     them) and saved beside the parts. A store that cannot be written to still gets an
     index, in memory only."""
-    from usearch.index import Index
-
+    Index = usearch_index()
     root, _ = store_paths(output)
     index_file, signature_file = root / INDEX_FILE, root / SIGNATURE_FILE
     signature = {**store_signature(output), "rows": len(stored.paths),
@@ -92,7 +104,7 @@ def neighbours(output: str | Path, stored: StoredVectors, queries: np.ndarray, k
         method = "usearch" if large and index_available() else "exact"
     if method == "exact":
         return (*cosine_neighbours(queries, stored.vectors, k), "exact")
-    require("usearch.index", "index", purpose="--index usearch")
+    usearch_index("--index usearch")
     index = load_or_build_index(output, stored)
     k = min(k, len(stored.paths))
     queries = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
