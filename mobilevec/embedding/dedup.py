@@ -42,6 +42,7 @@ from .._io import atomic_write, atomic_write_text
 from .._optional import available
 from ..errors import DedupError, StoreError
 from ..models.registry import MODELS, SCORES, DedupRule
+from .index import SINGLE_THREAD_ROWS, store_signature, usearch_index
 from .store import StoredVectors, store_paths
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,6 @@ STATE_DIR = "_dedup"
 _FALLBACK = DedupRule("cosine", 0.95)
 _BLOCK_VALUES = 1 << 24  # float32 values per similarity block (64 MiB)
 _PCA_SAMPLE = 20_000
-SINGLE_THREAD_ROWS = 100_000  # smaller ANN indexes are built on one thread (see _add)
 MEAN_PRIOR_ROWS = 16  # a centred score's mean counts as this many rows less sure (Scorer.fit)
 
 
@@ -214,8 +214,6 @@ def _project(vectors: np.ndarray, scorer: Scorer, basis: np.ndarray | None) -> n
 
 
 def _new_index(dim: int):
-    from .index import usearch_index
-
     Index = usearch_index()
     # Connectivity and expansion below usearch's defaults: candidates are re-scored exactly,
     # so the index only has to propose them, and 10^6 rows must build in minutes on 2 cores.
@@ -286,8 +284,6 @@ def _method(method: str, rows: int) -> str:
     if method == "auto":
         return "usearch" if rows >= ANN_MIN_ROWS and available("usearch") else "exact"
     if method == "usearch":
-        from .index import usearch_index
-
         usearch_index("--index usearch")
     return method
 
@@ -415,8 +411,6 @@ def row_keys(stored: StoredVectors) -> np.ndarray:
 
 
 def _signature(output: str | Path) -> dict:
-    from .index import store_signature
-
     return store_signature(output)
 
 
@@ -568,8 +562,6 @@ def _dedup_new(stored: StoredVectors, rule: DedupRule, keep: str, k: int, method
         graph = Graph(new_rows, *_exact_topk(stored.vectors[new_rows], new_rows,
                                              stored.vectors, scorer, k), "exact")
     else:
-        from .index import usearch_index
-
         Index = usearch_index()
         basis = arrays["basis"]
         index = Index.restore(str(folder / "index.usearch"), view=False)

@@ -25,6 +25,7 @@ INDEX_MIN_ROWS = 100_000  # below this, "auto" searches exactly
 INDEX_FILE = "_index.usearch"
 SIGNATURE_FILE = "_index.json"
 METHODS = ("auto", "exact", "usearch")
+SINGLE_THREAD_ROWS = 100_000  # smaller indexes are built on one thread (see _build)
 
 
 def index_available() -> bool:
@@ -56,8 +57,11 @@ def store_signature(output: str | Path) -> dict:
 def _build(vectors: np.ndarray):
     Index = usearch_index()
     index = Index(ndim=vectors.shape[1], metric="cos", dtype="f32")
-    index.add(np.arange(len(vectors), dtype=np.uint64), np.ascontiguousarray(vectors,
-                                                                              np.float32))
+    # As in dedup._add: usearch's threaded inserts can leave near-identical rows unlinked;
+    # below SINGLE_THREAD_ROWS one thread takes seconds and the index is reproducible.
+    threads = 1 if len(vectors) < SINGLE_THREAD_ROWS else 0
+    index.add(np.arange(len(vectors), dtype=np.uint64),
+              np.ascontiguousarray(vectors, np.float32), threads=threads)
     return index
 
 
