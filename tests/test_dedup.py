@@ -120,3 +120,17 @@ def test_openvino_still_reads_models_after_a_dedup_built_an_index(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0 and "read" in done.stdout, done.stderr[-2000:]
+
+
+def test_the_bucket_path_gives_the_groups_of_the_exact_path(monkeypatch):
+    # 32 buckets of ~100 rows, each compared with its 3 nearest: most pairs of rows are
+    # never scored, the near-duplicate ones all are.
+    monkeypatch.setattr(dedup, "BUCKET_ROWS", 100)
+    rng = np.random.default_rng(3)
+    centres = _unit(rng.standard_normal((300, 256)))
+    members = _unit(centres[:, None, :] + 0.02 * rng.standard_normal((300, 4, 256)))
+    vectors = np.concatenate([members.reshape(-1, 256),
+                              _unit(rng.standard_normal((1800, 256)))])
+    exact = _groups(vectors, threshold=0.8, method="exact")
+    assert len(exact) == 300
+    assert _groups(vectors, threshold=0.8, method="buckets") == exact
