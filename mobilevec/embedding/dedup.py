@@ -52,8 +52,8 @@ PROJECTED_DIM = 128  # the ANN index's dimensions (PCA of the scored vectors)
 DEFAULT_K = 10
 KEEP_RULES = ("largest", "oldest", "first")
 METHODS = ("auto", "exact", "usearch", "buckets")
-BUCKET_ROWS = 1000  # "buckets": rows per k-means bucket, on average
-PROBE = 2  # "buckets": each bucket's rows are compared with the rows of this many buckets
+BUCKET_ROWS = 500  # "buckets": rows per k-means bucket, on average
+PROBE = 1  # "buckets": each bucket's rows are compared with the rows of this many buckets
 SPREAD = 2  # "buckets": as a candidate, a row is in its SPREAD nearest buckets
 _KMEANS_SAMPLE = 65_536
 _KMEANS_ROUNDS = 8
@@ -205,8 +205,11 @@ def _fit_projection(vectors: np.ndarray, scorer: Scorer, dim: int, seed: int = 0
     rng = np.random.default_rng(seed)
     take = np.sort(rng.choice(len(vectors), min(len(vectors), _PCA_SAMPLE), replace=False))
     sample = scorer(vectors[take])
-    _, _, vt = np.linalg.svd(sample - sample.mean(0), full_matrices=False)
-    return np.ascontiguousarray(vt[:dim].T, np.float32)
+    sample -= sample.mean(0)
+    # The top eigenvectors of the D x D covariance are the SVD's right singular vectors; the
+    # SVD of the 20,000 x 1024 sample itself took 51 s on 2 shared cores, this about 1 s.
+    _, vectors_ = np.linalg.eigh(sample.T.astype(np.float64) @ sample)
+    return np.ascontiguousarray(vectors_[:, ::-1][:, :dim], np.float32)
 
 
 def _project(vectors: np.ndarray, scorer: Scorer, basis: np.ndarray | None) -> np.ndarray:
@@ -264,6 +267,9 @@ def _rescore(index, queries: np.ndarray, query_rows: np.ndarray, vectors: np.nda
 
 
 # --- buckets: k-means cells, exact inside ----------------------------------------------------
+# Cost: about rows x BUCKET_ROWS x SPREAD x PROBE dot products of the full vectors (10^6 rows:
+# 10^12), against HNSW's build and search, which measured here at 76 s per 200,000 inserts and
+# 21 s per 50,000 searches on 2 threads (docs/benchmarks.md, "Dedup and search").
 @dataclass
 class Buckets:
     """Where rows go for the "buckets" graph: the PCA ``basis`` (D, d) or None, the unit
@@ -339,7 +345,9 @@ def _bucket_topk(vectors: np.ndarray, scorer: Scorer, buckets: Buckets, bucket_o
             chunk = mine[a:z]
             rows = query_rows[chunk]
             sims = scorer(vectors[rows]) @ unit_c.T
-            sims[np.searchsorted(cand, rows)[:, None] == np.arange(len(cand))] = -np.inf
+            pos = np.minimum(np.searchsorted(cand, rows), len(cand) - 1)
+            own = cand[pos] == rows
+            sims[np.nonzero(own)[0], pos[own]] = -np.inf
             got = min(k, len(cand))
             top = np.argpartition(-sims, got - 1, axis=1)[:, :got] if got < len(cand) \
                 else np.broadcast_to(np.arange(len(cand)), sims.shape)
@@ -356,8 +364,8 @@ def knn_graph(vectors: np.ndarray, scorer: Scorer, k: int = DEFAULT_K, method: s
     """The ``k`` best-scoring other rows of each of ``rows`` (default: all), over all rows.
 
     ``method`` "exact", "usearch" (HNSW proposals, exact re-scoring), "buckets" (k-means
-    cells, exact inside each cell and its :data:`PROBE` - 1 nearest, every row a member of
-    its :data:`SPREAD` nearest cells) or "auto" (usearch
+    cells of about :data:`BUCKET_ROWS` rows, every row a member of its :data:`SPREAD`
+    nearest; exact scores inside a cell and its :data:`PROBE` - 1 nearest cells) or "auto" (usearch
     from :data:`ANN_MIN_ROWS` rows when installed). In memory only; see :func:`find_duplicates`
     for the graph kept with a store.
     """
