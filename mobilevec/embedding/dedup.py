@@ -285,7 +285,7 @@ class Buckets:
         ``vectors``, in blocks: a row is queried from the first, found from all."""
         spread = min(SPREAD, len(self.centroids))
         out = np.empty((len(vectors), spread), np.int32)
-        step = 65_536
+        step = 8192  # (step, cells) scores and argpartition's int64 copy: ~200 MB at 2,000
         for a in range(0, len(vectors), step):
             placed = _unit_rows(_project(vectors[a:a + step], scorer, self.basis))
             sims = placed @ self.centroids.T
@@ -309,7 +309,8 @@ def fit_buckets(vectors: np.ndarray, scorer: Scorer, seed: int = 0) -> Buckets:
     count = max(1, min(len(sample), round(len(vectors) / BUCKET_ROWS)))
     centroids = sample[rng.choice(len(sample), count, replace=False)]
     for _ in range(_KMEANS_ROUNDS):
-        nearest = np.argmax(sample @ centroids.T, axis=1)
+        nearest = np.concatenate([np.argmax(sample[a:a + 8192] @ centroids.T, axis=1)
+                                  for a in range(0, len(sample), 8192)])
         sums = np.zeros_like(centroids)
         np.add.at(sums, nearest, sample)
         empty = np.linalg.norm(sums, axis=1) == 0
