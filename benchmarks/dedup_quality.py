@@ -1,21 +1,30 @@
-"""How well ``mobilevec dedup`` finds near-duplicates, against the peers users reach for.
+"""How well ``mobilevec dedup`` finds near-duplicates, against a perceptual hash, on a set
+built to be hard.
 
-The set follows imagededup's "transformed" protocol, built from ../shared/data photos:
-each of ``--originals`` ImageNet sample photos gets 7 copies (exact copy, JPEG re-encode
-at quality 90, centre crop 80 %, horizontal flip, 10 degree rotation, aspect x1.3, half
-size + JPEG quality 30); ``--distractors`` other photos (other ImageNet classes, many of
-them close: 200 dog breeds are 1/4 of ImageNet) are alone. A duplicate pair is two images of
-one original's group; every other pair is not. For each method and threshold it prints
-pairwise precision, recall and F1 (pairs inside predicted groups against true pairs) and,
-per method, the recall at precision >= 0.99 over the sweep.
+The set, from ../shared/data photos (imagededup's "transformed" protocol plus distractors
+chosen to look alike):
 
-Methods: mobilevec's grouping (complete linkage over the k-NN graph,
-:mod:`mobilevec.embedding.dedup`) with plain and collection-centred cosine for each seed
-model; the old behaviour (single linkage, cosine >= 0.95); ``imagehash`` pHash (Hamming
-distance <= t, as imagededup's PHash). imagededup's CNN method is tried only if
-``imagededup`` imports.
+- **groups**: ``--imagenet`` ImageNet sample photos and ``--flowers`` tf_flowers photos,
+  each with 7 copies: exact copy, JPEG re-encode at quality 75, centre crop 80 %,
+  horizontal flip, 10 degree rotation, aspect x1.3, half size + JPEG quality 30;
+- **same-class distractors**: ``--same-class`` other tf_flowers photos of the classes of the
+  flower originals (different photos of the same kind of flower, often the same framing);
+- **crop distractors**: for ``--crop-pairs`` other ImageNet photos, the left 45 % and the
+  right 45 % (two images of one scene that share no pixels);
+- **other distractors**: ``--others`` further ImageNet photos (200 dog breeds are 1/4 of
+  ImageNet, so many are close).
 
-    python benchmarks/dedup_quality.py [--originals 80] [--distractors 170] [--json out.json]
+A duplicate pair is two images of one group; every other pair is not. For each method and
+threshold: pairwise precision, recall and F1 of the predicted groups, and per method the
+recall at precision >= 0.99 over the sweep. Methods: mobilevec's grouping (complete linkage
+over the exact k-NN graph, :mod:`mobilevec.embedding.dedup`) with plain and
+collection-centred cosine for each seed model, its default rule (also on small random
+sub-collections, where a collection mean is noisier), the old command (single linkage,
+cosine >= 0.95), and ``imagehash`` pHash (Hamming distance <= t, as imagededup's PHash).
+Vectors come from the default engine with ``mobilevec embed``'s default preprocessing
+(JPEG draft decoding on).
+
+    python benchmarks/dedup_quality.py [--json out.json]   # pip install 'mobilevec[bench]'
 """
 
 from __future__ import annotations
@@ -43,8 +52,10 @@ TRANSFORMS = ("copy", "reencode", "crop80", "hflip", "rot10", "aspect13", "half_
 def transform(image: Image.Image, name: str) -> tuple[Image.Image, int]:
     """(image, JPEG quality) of one transform of ``image``."""
     w, h = image.size
-    if name in ("copy", "reencode"):
-        return image, 90
+    if name == "copy":
+        return image, 95
+    if name == "reencode":
+        return image, 75
     if name == "crop80":
         dw, dh = int(w * 0.1), int(h * 0.1)
         return image.crop((dw, dh, w - dw, h - dh)), 90
@@ -59,37 +70,83 @@ def transform(image: Image.Image, name: str) -> tuple[Image.Image, int]:
     raise ValueError(name)
 
 
-def build_set(folder: Path, originals: int, distractors: int, seed: int = 0,
-              sources: list[Path] | None = None) -> tuple[list[Path], np.ndarray]:
-    """Write the transformed set into ``folder``: (paths, group label; -1 = distractor)."""
-    photos = sources or sorted((DATA / "imagenet-samples").glob("*.JPEG"))
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(photos))
-    chosen = [photos[i] for i in order[:originals]]
-    others = [photos[i] for i in order[originals:originals + distractors]]
-    paths, labels = [], []
-    for g, src in enumerate(chosen):
-        original = folder / f"g{g:03d}_original{src.suffix}"
-        original.write_bytes(src.read_bytes())
-        paths.append(original)
-        labels.append(g)
-        image = Image.open(src).convert("RGB")
-        for name in TRANSFORMS:
+def write_group(folder: Path, g: int, src: Path, transforms=TRANSFORMS
+                ) -> list[tuple[Path, str]]:
+    """The original and its transformed copies, written into ``folder``."""
+    original = folder / f"g{g:03d}_original{src.suffix.lower()}"
+    original.write_bytes(src.read_bytes())
+    out = [(original, "original")]
+    image = Image.open(src).convert("RGB")
+    for name in transforms:
+        if name == "copy":
+            target = folder / f"g{g:03d}_copy{src.suffix.lower()}"
+            target.write_bytes(src.read_bytes())
+        else:
             target = folder / f"g{g:03d}_{name}.jpg"
-            if name == "copy":
-                target = folder / f"g{g:03d}_copy{src.suffix}"
-                target.write_bytes(src.read_bytes())
-            else:
-                out, quality = transform(image, name)
-                out.save(target, quality=quality)
-            paths.append(target)
-            labels.append(g)
-    for j, src in enumerate(others):
-        target = folder / f"d{j:03d}{src.suffix}"
+            picture, quality = transform(image, name)
+            picture.save(target, quality=quality)
+        out.append((target, name))
+    return out
+
+
+def crop_pair(folder: Path, j: int, src: Path) -> list[tuple[Path, str]]:
+    """The left and right 45 % of ``src``: one scene, no shared pixels, not duplicates."""
+    image = Image.open(src).convert("RGB")
+    w, h = image.size
+    out = []
+    for side, box in (("left", (0, 0, int(w * 0.45), h)),
+                      ("right", (w - int(w * 0.45), 0, w, h))):
+        target = folder / f"c{j:03d}_{side}.jpg"
+        image.crop(box).save(target, quality=90)
+        out.append((target, f"crop_{side}"))
+    return out
+
+
+def build_set(folder: Path, imagenet: int = 30, flowers: int = 20, same_class: int = 40,
+              crop_pairs: int = 15, others: int = 40, split: int = 0
+              ) -> tuple[list[Path], np.ndarray, list[str]]:
+    """Write the set into ``folder``: (paths, group label with -1 = distractor, kind).
+
+    The photos are shuffled once (seed 0) and halved; ``split`` picks the half, so that
+    thresholds chosen on split 0 can be checked on photos they never saw."""
+    rng = np.random.default_rng(0)
+    nets = sorted((DATA / "imagenet-samples").glob("*.JPEG"))
+    nets = [nets[i] for i in rng.permutation(len(nets))][split::2]
+    classes = sorted(p for p in (DATA / "tf_flowers5").iterdir() if p.is_dir())
+    by_class = {c.name: sorted(c.glob("*.jpg")) for c in classes}
+    for name in by_class:
+        by_class[name] = [by_class[name][i]
+                          for i in rng.permutation(len(by_class[name]))][split::2]
+    entries: list[tuple[Path, str, int]] = []
+    g = 0
+    for src in nets[:imagenet]:
+        entries += [(p, k, g) for p, k in write_group(folder, g, src)]
+        g += 1
+    per_class = -(-flowers // len(classes))
+    taken = 0
+    for photos in by_class.values():
+        for src in photos[:per_class]:
+            if taken == flowers:
+                break
+            entries += [(p, k, g) for p, k in write_group(folder, g, src)]
+            g += 1
+            taken += 1
+    # Same-class distractors: the next photos of the same classes, round robin.
+    rounds = zip(*(ph[per_class:] for ph in by_class.values()), strict=False)
+    pool = [p for photos in rounds for p in photos]
+    for j, src in enumerate(pool[:same_class]):
+        target = folder / f"s{j:03d}_{src.parent.name}{src.suffix.lower()}"
         target.write_bytes(src.read_bytes())
-        paths.append(target)
-        labels.append(-1)
-    return paths, np.array(labels)
+        entries.append((target, "same_class", -1))
+    rest = nets[imagenet:]
+    for j, src in enumerate(rest[:crop_pairs]):
+        entries += [(p, k, -1) for p, k in crop_pair(folder, j, src)]
+    for j, src in enumerate(rest[crop_pairs:crop_pairs + others]):
+        target = folder / f"d{j:03d}{src.suffix.lower()}"
+        target.write_bytes(src.read_bytes())
+        entries.append((target, "other", -1))
+    return ([e[0] for e in entries], np.array([e[2] for e in entries]),
+            [e[1] for e in entries])
 
 
 def true_pairs(labels: np.ndarray) -> set[tuple[int, int]]:
@@ -111,16 +168,59 @@ def prf(pred: set, truth: set) -> dict:
             "f1": round(2 * p * r / (p + r), 4) if p + r else 0.0}
 
 
-def mobilevec_sweep(vectors: np.ndarray, score: str, labels: np.ndarray,
-                    thresholds: np.ndarray) -> list[dict]:
+def groups_at(vectors: np.ndarray, score: str, thresholds, k: int = 10) -> list[list[list[int]]]:
     from mobilevec.embedding.dedup import Scorer, group_graph, knn_graph
 
     scorer = Scorer.fit(score, vectors)
-    graph = knn_graph(vectors, scorer, 10, "exact")
+    graph = knn_graph(vectors, scorer, k, "exact")
+    return [group_graph(graph, vectors, scorer, float(t)) for t in thresholds]
+
+
+def mobilevec_sweep(vectors: np.ndarray, score: str, labels: np.ndarray,
+                    thresholds: np.ndarray) -> list[dict]:
     truth = true_pairs(labels)
-    return [{"threshold": round(float(t), 3),
-             **prf(group_pairs(group_graph(graph, vectors, scorer, float(t))), truth)}
-            for t in thresholds]
+    return [{"threshold": round(float(t), 3), **prf(group_pairs(groups), truth)}
+            for t, groups in zip(thresholds, groups_at(vectors, score, thresholds),
+                                 strict=True)]
+
+
+def per_kind_recall(groups: list[list[int]], labels: np.ndarray, kinds: list[str]) -> dict:
+    """For each transform: the share of copies grouped with their original; for each
+    distractor kind: the share that joined some group (should be 0)."""
+    where = {i: n for n, g in enumerate(groups) for i in g}
+    out: dict[str, list[int]] = {}
+    originals = {int(labels[i]): i for i, k in enumerate(kinds) if k == "original"}
+    for i, kind in enumerate(kinds):
+        if kind == "original":
+            continue
+        if labels[i] >= 0:
+            o = originals[int(labels[i])]
+            hit = i in where and where.get(o) == where[i]
+        else:
+            hit = i in where
+        out.setdefault(kind, []).append(int(hit))
+    return {k: round(float(np.mean(v)), 3) for k, v in out.items()}
+
+
+def small_collections(vectors: np.ndarray, labels: np.ndarray, rule, trials: int = 20,
+                      groups: int = 5, distractors: int = 10, seed: int = 1) -> dict:
+    """The default rule on small random sub-collections (a centred score's mean is then
+    that of a few dozen images): mean and worst precision / recall."""
+    rng = np.random.default_rng(seed)
+    ids = sorted(set(labels.tolist()) - {-1})
+    lonely = np.nonzero(labels == -1)[0]
+    ps, rs = [], []
+    for _ in range(trials):
+        chosen = rng.choice(ids, groups, replace=False)
+        rows = np.concatenate([np.nonzero(np.isin(labels, chosen))[0],
+                               rng.choice(lonely, distractors, replace=False)])
+        [found] = groups_at(vectors[rows], rule.score, [rule.threshold])
+        m = prf(group_pairs(found), true_pairs(labels[rows]))
+        ps.append(m["precision"])
+        rs.append(m["recall"])
+    return {"trials": trials, "images": int(len(rows)), "precision_mean": round(np.mean(ps), 4),
+            "precision_min": round(min(ps), 4), "recall_mean": round(np.mean(rs), 4),
+            "recall_min": round(min(rs), 4)}
 
 
 def single_linkage(vectors: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
@@ -150,79 +250,102 @@ def best(rows: list[dict]) -> dict:
     """Best F1 row, and the highest recall with precision >= 0.99."""
     top = max(rows, key=lambda r: (r["f1"], r["precision"]))
     ok = [r for r in rows if r["precision"] >= 0.99]
-    at99 = max(ok, key=lambda r: r["recall"]) if ok else None
+    at99 = max(ok, key=lambda r: (r["recall"], r["precision"])) if ok else None
     return {"best_f1": top, "recall_at_p99": at99["recall"] if at99 else 0.0,
             "threshold_at_p99": at99["threshold"] if at99 else None}
 
 
-def embed(model: str, weights: Path, paths: list[Path]) -> tuple[np.ndarray, float]:
+def embed(model: str, weights: Path, paths: list[Path]) -> tuple[np.ndarray, float, str]:
     import mobilevec
 
     emb = mobilevec.embedder(model, weights=weights)
     t0 = time.perf_counter()
-    result = emb.embed_files(paths)
+    result = emb.embed_files(paths, draft=True)  # as `mobilevec embed` decodes by default
     if result.errors:
         raise SystemExit(f"failed to embed: {result.errors[:3]}")
-    return result.vectors, time.perf_counter() - t0
+    return result.vectors, time.perf_counter() - t0, emb.backend
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--originals", type=int, default=80)
-    ap.add_argument("--distractors", type=int, default=170)
+    ap.add_argument("--imagenet", type=int, default=30)
+    ap.add_argument("--flowers", type=int, default=20)
+    ap.add_argument("--same-class", type=int, default=40)
+    ap.add_argument("--crop-pairs", type=int, default=15)
+    ap.add_argument("--others", type=int, default=40)
+    ap.add_argument("--split", type=int, choices=(0, 1), default=0,
+                    help="which half of the photos the set is drawn from (0: the calibration "
+                         "set; 1: the held-out set, no photo in common)")
     ap.add_argument("--models", default="v3,v2")
     ap.add_argument("--json", help="write every row here")
+    ap.add_argument("--vectors", help="also save the vectors, labels and kinds (.npz)")
     args = ap.parse_args(argv)
-    report: dict = {"originals": args.originals, "distractors": args.distractors,
-                    "transforms": TRANSFORMS, "methods": {}}
+    report: dict = {"split": args.split, "transforms": TRANSFORMS, "methods": {}, "per_kind": {},
+                    "small_collections": {}}
+    saved: dict[str, np.ndarray] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        paths, labels = build_set(Path(tmp), args.originals, args.distractors)
-        report["images"] = len(paths)
-        report["true_pairs"] = len(true_pairs(labels))
-        print(f"{len(paths)} images, {report['true_pairs']} duplicate pairs", flush=True)
-        thresholds = np.round(np.arange(0.30, 0.981, 0.01), 3)
+        paths, labels, kinds = build_set(Path(tmp), args.imagenet, args.flowers,
+                                         args.same_class, args.crop_pairs, args.others,
+                                         split=args.split)
+        report.update(images=len(paths), groups=int(labels.max()) + 1,
+                      distractors=int((labels == -1).sum()),
+                      true_pairs=len(true_pairs(labels)))
+        print(f"{len(paths)} images: {report['groups']} groups of 8, {report['distractors']} "
+              f"distractors; {report['true_pairs']} duplicate pairs", flush=True)
+        thresholds = np.round(np.arange(0.0, 0.991, 0.01), 3)
         for key in args.models.split(","):
             model, weights = MODELS[key]
             if not weights.exists():
                 print(f"skip {key}: {weights} missing")
                 continue
-            vectors, seconds = embed(model, weights, paths)
-            print(f"{key}: embedded in {seconds:.1f} s", flush=True)
+            vectors, seconds, backend = embed(model, weights, paths)
+            print(f"{key}: embedded in {seconds:.1f} s on {backend}", flush=True)
+            saved[key] = vectors
             for score in ("cosine", "centred"):
                 rows = mobilevec_sweep(vectors, score, labels, thresholds)
                 report["methods"][f"mobilevec {key} {score}"] = {"sweep": rows, **best(rows)}
             from mobilevec.models.registry import get_config
 
             rule = get_config(model).dedup
-            default = next(r for r in report["methods"][f"mobilevec {key} {rule.score}"]["sweep"]
-                           if abs(r["threshold"] - rule.threshold) < 1e-6) \
-                if 0.3 <= rule.threshold <= 0.98 else None
+            [found] = groups_at(vectors, rule.score, [rule.threshold])
+            default = {"threshold": rule.threshold,
+                       **prf(group_pairs(found), true_pairs(labels))}
             report["methods"][f"mobilevec {key} default ({rule.describe()})"] = {
-                "sweep": [default] if default else [], **(best([default]) if default else {})}
+                "sweep": [default], **best([default])}
+            report["per_kind"][key] = per_kind_recall(found, labels, kinds)
+            report["small_collections"][key] = small_collections(vectors, labels, rule)
             old = {"threshold": 0.95, **single_linkage(vectors, labels, 0.95)}
             report["methods"][f"mobilevec {key} before (single linkage, cosine >= 0.95)"] = {
                 "sweep": [old], **best([old])}
         try:
-            rows, seconds = phash_sweep(paths, labels, range(0, 33, 2))
+            rows, seconds = phash_sweep(paths, labels, range(0, 33, 1))
             report["methods"]["imagehash pHash (Hamming <= t)"] = {"sweep": rows, **best(rows),
                                                                    "seconds": round(seconds, 1)}
         except ImportError:
             print("skip pHash: imagehash not installed (pip install 'mobilevec[bench]')")
         try:
             import imagededup  # noqa: F401
-            print("imagededup imports; its CNN method is not wired in this run")
+            report["imagededup_cnn"] = "imagededup imports; its CNN method is not wired here"
         except ImportError:
-            report["imagededup_cnn"] = "not run: imagededup is not installed (see docs)"
+            report["imagededup_cnn"] = "not run: imagededup is not installed"
     print("\n| method | best F1 (P / R at t) | recall at P >= 0.99 (t) |")
     print("|---|---|---|")
     for name, m in report["methods"].items():
-        if "best_f1" not in m:
-            continue
         b = m["best_f1"]
         print(f"| {name} | {b['f1']:.3f} ({b['precision']:.3f} / {b['recall']:.3f} at "
               f"{b['threshold']}) | {m['recall_at_p99']:.3f} ({m['threshold_at_p99']}) |")
+    for key, kinds_ in report["per_kind"].items():
+        print(f"{key} default, share grouped with the original / distractors in a group: "
+              f"{kinds_}")
+    for key, s in report["small_collections"].items():
+        print(f"{key} default on {s['trials']} collections of {s['images']} images: "
+              f"precision {s['precision_mean']} (min {s['precision_min']}), recall "
+              f"{s['recall_mean']} (min {s['recall_min']})")
+    print(report["imagededup_cnn"])
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
+    if args.vectors:
+        np.savez(args.vectors, labels=labels, kinds=np.array(kinds), **saved)
     return 0
 
 

@@ -44,7 +44,10 @@ def test_transformed_copies_group_with_their_original_and_distractors_stay_alone
 
 
 def test_the_ann_path_gives_the_groups_of_the_exact_path():
-    pytest.importorskip("usearch", reason="usearch (the index extra) is not installed")
+    # Not pytest.importorskip: importing usearch before OpenVINO breaks OpenVINO for the
+    # rest of the session (see index.usearch_index); the library imports it in that order.
+    if not dedup.available("usearch"):
+        pytest.skip("usearch (the index extra) is not installed")
     rng = np.random.default_rng(1)
     centres = _unit(rng.standard_normal((300, 256)))
     members = _unit(centres[:, None, :] + 0.02 * rng.standard_normal((300, 4, 256)))
@@ -77,3 +80,57 @@ def test_an_empty_store_is_refused(tmp_path):
                           np.zeros((0, 1024), np.float32), {"model": "mobilenet_v3_small_075_224"})
     with pytest.raises(StoreError, match="no vectors"):
         dedup.find_duplicates(tmp_path / "out.parquet", empty, DedupRule("cosine", 0.9))
+
+
+def test_a_centred_score_still_pairs_the_only_two_images_of_a_tiny_collection():
+    # Centred on their own mean, two images are always opposite (score -1); a tiny
+    # collection's mean is shrunk, so two near-identical vectors stay near-duplicates.
+    rng = np.random.default_rng(2)
+    a = np.abs(rng.standard_normal(1280)).astype(np.float32)  # non-negative, like V2's
+    b = a + 0.05 * np.abs(rng.standard_normal(1280)).astype(np.float32)
+    pair = np.stack([a, b])
+    cosine = float(_unit(a) @ _unit(b))
+    assert cosine > 0.99
+    scorer = dedup.Scorer.fit("centred", pair)
+    assert dedup.pair_scores(pair, scorer, [0, 1])[0, 1] > 0.9
+    # A large collection is centred nearly on its own mean.
+    many = np.abs(rng.standard_normal((2000, 64))).astype(np.float32)
+    plain = dedup.collection_mean(many)
+    np.testing.assert_allclose(dedup.Scorer.fit("centred", many).mean, plain, rtol=0.01)
+
+
+def test_openvino_still_reads_models_after_a_dedup_built_an_index(tmp_path):
+    """usearch imported first used to leave OpenVINO unable to read any IR in the process."""
+    import subprocess
+    import sys
+
+    if not (dedup.available("usearch") and dedup.available("openvino")):
+        pytest.skip("needs usearch and openvino")
+    script = (
+        "import numpy as np\n"
+        "from mobilevec.embedding import dedup\n"
+        "v = np.random.default_rng(0).standard_normal((50, 16)).astype(np.float32)\n"
+        "dedup.knn_graph(v, dedup.Scorer.fit('cosine', v), k=3, method='usearch')\n"
+        "import openvino as ov\n"
+        "from openvino import opset13 as ops\n"
+        "x = ops.parameter([1, 3], np.float32)\n"
+        f"ov.save_model(ov.Model([ops.relu(x)], [x]), r'{tmp_path}/m.xml')\n"
+        f"ov.Core().read_model(r'{tmp_path}/m.xml')\n"
+        "print('read')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and "read" in done.stdout, done.stderr[-2000:]
+
+
+def test_the_bucket_path_gives_the_groups_of_the_exact_path(monkeypatch):
+    # 32 buckets of ~100 rows, each compared with its 3 nearest: most pairs of rows are
+    # never scored, the near-duplicate ones all are.
+    monkeypatch.setattr(dedup, "BUCKET_ROWS", 100)
+    rng = np.random.default_rng(3)
+    centres = _unit(rng.standard_normal((300, 256)))
+    members = _unit(centres[:, None, :] + 0.02 * rng.standard_normal((300, 4, 256)))
+    vectors = np.concatenate([members.reshape(-1, 256),
+                              _unit(rng.standard_normal((1800, 256)))])
+    exact = _groups(vectors, threshold=0.8, method="exact")
+    assert len(exact) == 300
+    assert _groups(vectors, threshold=0.8, method="buckets") == exact

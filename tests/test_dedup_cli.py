@@ -187,6 +187,19 @@ def test_dedup_new_checks_only_the_images_added_since(tmp_path, capsys):
         [sorted([str(photos[0]), str(first)]), sorted([str(photos[4]), str(added)])])
 
 
+@pytest.mark.parametrize("index", ["exact", "buckets"])
+def test_dedup_new_keeps_its_state_per_index_method(store, tmp_path, capsys, index):
+    out, images, originals, pairs = store
+    copy = tmp_path / "v.parquet"
+    shutil.copytree(out, copy)
+    assert main(["dedup", str(copy), "--index", index, "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["method"] == index and len(first["groups"]) == 3
+    assert main(["dedup", str(copy), "--index", index, "--new", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["checked"] == 0 and again["groups"] == []
+
+
 def test_a_name_that_is_not_utf8_is_printed_and_written(tmp_path, capsys):
     folder = tmp_path / "images"
     folder.mkdir()

@@ -10,7 +10,11 @@ from mobilevec.embedding import index as vector_index
 from mobilevec.embedding.search import cosine_neighbours
 from mobilevec.embedding.store import VectorStore, read_store
 
-pytest.importorskip("usearch", reason="usearch not installed (pip install 'mobilevec[index]')")
+# Not importorskip: usearch imported before OpenVINO breaks OpenVINO in this process for
+# the rest of the session (mobilevec.embedding.index.usearch_index imports them in order).
+if not vector_index.index_available():
+    pytest.skip("usearch not installed (pip install 'mobilevec[index]')",
+                allow_module_level=True)
 
 
 def clustered(n: int, dim: int = 48, clusters: int = 40, seed: int = 0) -> np.ndarray:

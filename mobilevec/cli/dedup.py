@@ -148,11 +148,13 @@ def cmd_neighbours(args: argparse.Namespace) -> int:
 # --- registration ------------------------------------------------------------------------
 def _add_graph_options(p: argparse.ArgumentParser, k_help: str) -> None:
     p.add_argument("--k", "--topk", dest="k", type=positive_int, default=10, help=k_help)
-    p.add_argument("--index", choices=("auto", "exact", "usearch"), default="auto",
+    p.add_argument("--index", choices=("auto", "exact", "usearch", "buckets"),
+                   default="auto",
                    help="how the k-NN graph is built: exact (blockwise products), usearch "
                         "(HNSW proposals over a PCA projection, re-scored exactly; needs "
-                        "mobilevec[index]) or auto (default: usearch from 20,000 images when "
-                        "installed)")
+                        "mobilevec[index]), buckets (k-means cells of about 500 images, each "
+                        "image in its 2 nearest, exact inside each cell) or auto (default: "
+                        "usearch from 20,000 images when installed)")
     p.add_argument("--score", choices=("cosine", "centred"), default=None,
                    help="cosine: of the vectors; centred: after subtracting the collection's "
                         "mean (default: the model's calibrated rule, see `mobilevec info`)")

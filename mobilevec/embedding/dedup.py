@@ -13,7 +13,8 @@ How groups are made, at any size, without an N x N matrix:
    score is never approximate (only a missed candidate is possible).
 2. **Groups that do not chain.** Images with the most above-threshold neighbours are taken
    first as *seeds*; a neighbour joins a seed's group only if it scores at or above the
-   threshold with **every** member already in it (complete linkage). A~B and B~C with A, C
+   threshold with **every** member already in it (complete linkage), the neighbour whose
+   lowest score to the members is highest first. A~B and B~C with A, C
    unrelated give {A, B} and {C} (or {B, C} and {A}), never {A, B, C}.
 3. **Keep rule.** In each group one image is kept (``largest`` file, ``oldest`` mtime, or
    ``first`` in the store's order) and the others are listed for removal with their score
@@ -38,9 +39,10 @@ from pathlib import Path
 import numpy as np
 
 from .._io import atomic_write, atomic_write_text
-from .._optional import available, require
+from .._optional import available
 from ..errors import DedupError, StoreError
 from ..models.registry import MODELS, SCORES, DedupRule
+from .index import SINGLE_THREAD_ROWS, store_signature, usearch_index
 from .store import StoredVectors, store_paths
 
 log = logging.getLogger(__name__)
@@ -49,12 +51,17 @@ ANN_MIN_ROWS = 20_000  # below this, "auto" builds the graph exactly
 PROJECTED_DIM = 128  # the ANN index's dimensions (PCA of the scored vectors)
 DEFAULT_K = 10
 KEEP_RULES = ("largest", "oldest", "first")
-METHODS = ("auto", "exact", "usearch")
+METHODS = ("auto", "exact", "usearch", "buckets")
+BUCKET_ROWS = 500  # "buckets": rows per k-means bucket, on average
+PROBE = 1  # "buckets": each bucket's rows are compared with the rows of this many buckets
+SPREAD = 2  # "buckets": as a candidate, a row is in its SPREAD nearest buckets
+_KMEANS_SAMPLE = 65_536
+_KMEANS_ROUNDS = 8
 STATE_DIR = "_dedup"
 _FALLBACK = DedupRule("cosine", 0.95)
 _BLOCK_VALUES = 1 << 24  # float32 values per similarity block (64 MiB)
 _PCA_SAMPLE = 20_000
-SINGLE_THREAD_ROWS = 100_000  # smaller ANN indexes are built on one thread (see _add)
+MEAN_PRIOR_ROWS = 16  # a centred score's mean counts as this many rows less sure (Scorer.fit)
 
 
 # --- the rule ----------------------------------------------------------------------------------
@@ -122,7 +129,13 @@ class Scorer:
 
     @classmethod
     def fit(cls, score: str, vectors: np.ndarray) -> Scorer:
-        return cls(score, collection_mean(vectors) if score == "centred" else None)
+        if score != "centred":
+            return cls(score, None)
+        # The mean of a few images is mostly those images (of two, their midpoint: centred,
+        # the pair is always at -1), so it is shrunk towards zero by n / (n + MEAN_PRIOR_ROWS):
+        # tiny collections score nearly as plain cosine, large ones as centred.
+        n = len(vectors)
+        return cls(score, collection_mean(vectors) * np.float32(n / (n + MEAN_PRIOR_ROWS)))
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, np.float32)
@@ -192,8 +205,11 @@ def _fit_projection(vectors: np.ndarray, scorer: Scorer, dim: int, seed: int = 0
     rng = np.random.default_rng(seed)
     take = np.sort(rng.choice(len(vectors), min(len(vectors), _PCA_SAMPLE), replace=False))
     sample = scorer(vectors[take])
-    _, _, vt = np.linalg.svd(sample - sample.mean(0), full_matrices=False)
-    return np.ascontiguousarray(vt[:dim].T, np.float32)
+    sample -= sample.mean(0)
+    # The top eigenvectors of the D x D covariance are the SVD's right singular vectors; the
+    # SVD of the 20,000 x 1024 sample itself took 51 s on 2 shared cores, this about 1 s.
+    _, vectors_ = np.linalg.eigh(sample.T.astype(np.float64) @ sample)
+    return np.ascontiguousarray(vectors_[:, ::-1][:, :dim], np.float32)
 
 
 def _project(vectors: np.ndarray, scorer: Scorer, basis: np.ndarray | None) -> np.ndarray:
@@ -206,8 +222,7 @@ def _project(vectors: np.ndarray, scorer: Scorer, basis: np.ndarray | None) -> n
 
 
 def _new_index(dim: int):
-    from usearch.index import Index
-
+    Index = usearch_index()
     # Connectivity and expansion below usearch's defaults: candidates are re-scored exactly,
     # so the index only has to propose them, and 10^6 rows must build in minutes on 2 cores.
     return Index(ndim=dim, metric="cos", dtype="f32", connectivity=12, expansion_add=64,
@@ -251,11 +266,107 @@ def _rescore(index, queries: np.ndarray, query_rows: np.ndarray, vectors: np.nda
     return indices, scores
 
 
+# --- buckets: k-means cells, exact inside ----------------------------------------------------
+# Cost: about rows x BUCKET_ROWS x SPREAD x PROBE dot products of the full vectors (10^6 rows:
+# 10^12), against HNSW's build and search, which measured here at 76 s per 200,000 inserts and
+# 21 s per 50,000 searches on 2 threads (docs/benchmarks.md, "Dedup and search").
+@dataclass
+class Buckets:
+    """Where rows go for the "buckets" graph: the PCA ``basis`` (D, d) or None, the unit
+    ``centroids`` (C, d) of spherical k-means in that space, and for each bucket the
+    ``probe`` (C, P) buckets its rows are compared with (itself first)."""
+
+    basis: np.ndarray | None
+    centroids: np.ndarray
+    probe: np.ndarray
+
+    def assign(self, vectors: np.ndarray, scorer: Scorer) -> np.ndarray:
+        """The :data:`SPREAD` nearest buckets (int32, nearest first) of every row of
+        ``vectors``, in blocks: a row is queried from the first, found from all."""
+        spread = min(SPREAD, len(self.centroids))
+        out = np.empty((len(vectors), spread), np.int32)
+        step = 8192  # (step, cells) scores and argpartition's int64 copy: ~200 MB at 2,000
+        for a in range(0, len(vectors), step):
+            placed = _unit_rows(_project(vectors[a:a + step], scorer, self.basis))
+            sims = placed @ self.centroids.T
+            near = np.argpartition(-sims, spread - 1, axis=1)[:, :spread]
+            first = np.argsort(-np.take_along_axis(sims, near, axis=1), axis=1)
+            out[a:a + step] = np.take_along_axis(near, first, axis=1)
+        return out
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def fit_buckets(vectors: np.ndarray, scorer: Scorer, seed: int = 0) -> Buckets:
+    """Spherical k-means (about ``len / BUCKET_ROWS`` centroids) on a sample of the rows'
+    projected scored vectors."""
+    rng = np.random.default_rng(seed)
+    basis = _fit_projection(vectors, scorer, PROJECTED_DIM, seed)
+    take = np.sort(rng.choice(len(vectors), min(len(vectors), _KMEANS_SAMPLE), replace=False))
+    sample = _unit_rows(_project(vectors[take], scorer, basis))
+    count = max(1, min(len(sample), round(len(vectors) / BUCKET_ROWS)))
+    centroids = sample[rng.choice(len(sample), count, replace=False)]
+    for _ in range(_KMEANS_ROUNDS):
+        nearest = np.concatenate([np.argmax(sample[a:a + 8192] @ centroids.T, axis=1)
+                                  for a in range(0, len(sample), 8192)])
+        sums = np.zeros_like(centroids)
+        np.add.at(sums, nearest, sample)
+        empty = np.linalg.norm(sums, axis=1) == 0
+        sums[empty] = sample[rng.choice(len(sample), int(empty.sum()))]
+        centroids = _unit_rows(sums)
+    probe = np.argsort(-(centroids @ centroids.T), axis=1, kind="stable")[:, :PROBE]
+    probe[:, 0] = np.arange(count)  # itself first (also when two centroids coincide)
+    return Buckets(basis, centroids.astype(np.float32), probe.astype(np.int32))
+
+
+def _bucket_topk(vectors: np.ndarray, scorer: Scorer, buckets: Buckets, bucket_of: np.ndarray,
+                 query_rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each query row's ``k`` best rows among those of its bucket's probe buckets, scored
+    exactly on the full vectors."""
+    indices = np.full((len(query_rows), k), -1, np.int64)
+    scores = np.full((len(query_rows), k), -np.inf, np.float32)
+    count = len(buckets.centroids)
+    # Candidates: every row under each of its buckets (rows repeat, SPREAD times).
+    member_rows = np.repeat(np.arange(len(bucket_of)), bucket_of.shape[1])
+    member_bucket = bucket_of.ravel()
+    order = np.argsort(member_bucket, kind="stable")
+    order_rows = member_rows[order]
+    starts = np.searchsorted(member_bucket[order], np.arange(count + 1))
+    query_bucket = bucket_of[query_rows, 0]
+    by_bucket = np.argsort(query_bucket, kind="stable")
+    q_starts = np.searchsorted(query_bucket[by_bucket], np.arange(count + 1))
+    for b in np.unique(query_bucket).tolist():
+        mine = by_bucket[q_starts[b]:q_starts[b + 1]]  # positions in query_rows
+        cand = np.unique(np.concatenate([order_rows[starts[c]:starts[c + 1]]
+                                         for c in buckets.probe[b].tolist()]))
+        unit_c = scorer(vectors[cand])
+        for a, z in _blocks(len(mine), len(cand)):
+            chunk = mine[a:z]
+            rows = query_rows[chunk]
+            sims = scorer(vectors[rows]) @ unit_c.T
+            pos = np.minimum(np.searchsorted(cand, rows), len(cand) - 1)
+            own = cand[pos] == rows
+            sims[np.nonzero(own)[0], pos[own]] = -np.inf
+            got = min(k, len(cand))
+            top = np.argpartition(-sims, got - 1, axis=1)[:, :got] if got < len(cand) \
+                else np.broadcast_to(np.arange(len(cand)), sims.shape)
+            top_s = np.take_along_axis(sims, top, axis=1)
+            best = np.argsort(-top_s, axis=1, kind="stable")
+            indices[chunk, :got] = cand[np.take_along_axis(top, best, axis=1)]
+            scores[chunk, :got] = np.take_along_axis(top_s, best, axis=1)
+    indices[~np.isfinite(scores)] = -1
+    return indices, scores
+
+
 def knn_graph(vectors: np.ndarray, scorer: Scorer, k: int = DEFAULT_K, method: str = "auto",
               rows: np.ndarray | None = None) -> Graph:
     """The ``k`` best-scoring other rows of each of ``rows`` (default: all), over all rows.
 
-    ``method`` "exact", "usearch" (HNSW proposals, exact re-scoring) or "auto" (usearch
+    ``method`` "exact", "usearch" (HNSW proposals, exact re-scoring), "buckets" (k-means
+    cells of about :data:`BUCKET_ROWS` rows, every row a member of its :data:`SPREAD`
+    nearest; exact scores inside a cell and its :data:`PROBE` - 1 nearest cells) or "auto" (usearch
     from :data:`ANN_MIN_ROWS` rows when installed). In memory only; see :func:`find_duplicates`
     for the graph kept with a store.
     """
@@ -263,6 +374,10 @@ def knn_graph(vectors: np.ndarray, scorer: Scorer, k: int = DEFAULT_K, method: s
     rows = np.arange(len(vectors)) if rows is None else np.asarray(rows, np.int64)
     if method == "exact":
         return Graph(rows, *_exact_topk(vectors[rows], rows, vectors, scorer, k), "exact")
+    if method == "buckets":
+        buckets = fit_buckets(vectors, scorer)
+        return Graph(rows, *_bucket_topk(vectors, scorer, buckets,
+                                         buckets.assign(vectors, scorer), rows, k), "buckets")
     basis = _fit_projection(vectors, scorer, PROJECTED_DIM)
     projected = _project(vectors, scorer, basis)
     index = _new_index(projected.shape[1])
@@ -277,7 +392,7 @@ def _method(method: str, rows: int) -> str:
     if method == "auto":
         return "usearch" if rows >= ANN_MIN_ROWS and available("usearch") else "exact"
     if method == "usearch":
-        require("usearch.index", "index", purpose="--index usearch")
+        usearch_index("--index usearch")
     return method
 
 
@@ -348,10 +463,19 @@ def group_graph(graph: Graph, vectors: np.ndarray, scorer: Scorer, threshold: fl
             continue
         members = [seed, *cands]
         sims = pair_scores(vectors, scorer, members)
+        # Greedy clique: next, the candidate whose *lowest* score to the members so far is
+        # highest. Taken by score to the seed alone, one weak copy (a half-size JPEG-30) got
+        # in early and then shut out a crop that agreed with every other member.
         chosen = [0]
-        for c in range(1, len(members)):
-            if all(sims[c, m] >= threshold for m in chosen):
-                chosen.append(c)
+        lowest = sims[0].copy()
+        lowest[0] = -np.inf
+        while True:
+            c = int(np.argmax(lowest))  # ties: the candidate closest to the seed
+            if lowest[c] < threshold:
+                break
+            chosen.append(c)
+            lowest = np.minimum(lowest, sims[c])
+            lowest[chosen] = -np.inf
         if len(chosen) > 1:
             group = [members[c] for c in chosen]
             assigned.update(group)
@@ -395,8 +519,6 @@ def row_keys(stored: StoredVectors) -> np.ndarray:
 
 
 def _signature(output: str | Path) -> dict:
-    from .index import store_signature
-
     return store_signature(output)
 
 
@@ -493,12 +615,15 @@ def find_duplicates(output: str | Path, stored: StoredVectors, rule: DedupRule, 
         reused = True
     else:
         scorer = Scorer.fit(rule.score, stored.vectors)
-        graph, index, basis = _full_graph(stored.vectors, scorer, k, method, keys)
+        graph, index, placement, bucket_of = _full_graph(stored.vectors, scorer, k, method,
+                                                         keys)
         mean = scorer.mean if scorer.mean is not None else np.zeros(0, np.float32)
         saved = {"indices": graph.indices, "scores": graph.scores, "mean": mean,
                  "seen": np.sort(keys)}
-        if basis is not None:
-            saved["basis"] = basis
+        if isinstance(placement, Buckets):
+            saved.update(_bucket_arrays(placement, keys, bucket_of))
+        elif placement is not None:
+            saved["basis"] = placement
         _save(folder, {"identity": identity, "signature": signature}, saved, index)
         reused = False
     groups = group_graph(graph, stored.vectors, scorer, rule.threshold)
@@ -509,7 +634,15 @@ def find_duplicates(output: str | Path, stored: StoredVectors, rule: DedupRule, 
 def _full_graph(vectors: np.ndarray, scorer: Scorer, k: int, method: str, keys: np.ndarray):
     rows = np.arange(len(vectors))
     if method == "exact":
-        return Graph(rows, *_exact_topk(vectors, rows, vectors, scorer, k), "exact"), None, None
+        return Graph(rows, *_exact_topk(vectors, rows, vectors, scorer, k), "exact"), None, \
+            None, None
+    if method == "buckets":
+        buckets = fit_buckets(vectors, scorer)
+        bucket_of = buckets.assign(vectors, scorer)
+        log.info("k-NN graph of %d rows from %d buckets", len(vectors), len(buckets.centroids))
+        graph = Graph(rows, *_bucket_topk(vectors, scorer, buckets, bucket_of, rows, k),
+                      "buckets")
+        return graph, None, buckets, bucket_of
     basis = _fit_projection(vectors, scorer, PROJECTED_DIM)
     if basis is None:
         basis = np.eye(vectors.shape[1], dtype=np.float32)
@@ -520,7 +653,15 @@ def _full_graph(vectors: np.ndarray, scorer: Scorer, k: int, method: str, keys: 
     key_to_row = _key_lookup(keys)
     graph = Graph(rows, *_rescore(index, projected, rows, vectors, scorer, key_to_row, k),
                   "usearch")
-    return graph, index, basis
+    return graph, index, basis, None
+
+
+def _bucket_arrays(buckets: Buckets, keys: np.ndarray, bucket_of: np.ndarray) -> dict:
+    out = {"centroids": buckets.centroids, "probe": buckets.probe, "bucket_keys": keys,
+           "bucket": bucket_of}
+    if buckets.basis is not None:
+        out["basis"] = buckets.basis
+    return out
 
 
 def _key_lookup(keys: np.ndarray):
@@ -544,12 +685,22 @@ def _dedup_new(stored: StoredVectors, rule: DedupRule, keep: str, k: int, method
     mean = arrays.get("mean")
     scorer = Scorer(rule.score, mean if mean is not None and len(mean) else None)
     index = None
+    extra: dict[str, np.ndarray] = {}
     if method == "exact" or len(new_rows) == 0:
         graph = Graph(new_rows, *_exact_topk(stored.vectors[new_rows], new_rows,
                                              stored.vectors, scorer, k), "exact")
+    elif method == "buckets":
+        buckets = Buckets(arrays.get("basis"), arrays["centroids"], arrays["probe"])
+        known = _key_lookup(arrays["bucket_keys"])(keys)  # position in the saved rows
+        bucket_of = arrays["bucket"][np.maximum(known, 0)]
+        fresh = np.nonzero(known < 0)[0]  # new rows (and any the last run did not place)
+        bucket_of[fresh] = buckets.assign(stored.vectors[fresh], scorer)
+        graph = Graph(new_rows, *_bucket_topk(stored.vectors, scorer, buckets, bucket_of,
+                                              new_rows, k), "buckets")
+        extra = {"bucket_keys": np.concatenate([arrays["bucket_keys"], keys[fresh]]),
+                 "bucket": np.concatenate([arrays["bucket"], bucket_of[fresh]])}
     else:
-        from usearch.index import Index
-
+        Index = usearch_index()
         basis = arrays["basis"]
         index = Index.restore(str(folder / "index.usearch"), view=False)
         if index is None:
@@ -564,6 +715,7 @@ def _dedup_new(stored: StoredVectors, rule: DedupRule, keep: str, k: int, method
     groups = [g for g in groups if new_set.intersection(g)]
     saved = {name: value for name, value in arrays.items() if name not in ("indices", "scores")}
     saved["seen"] = np.union1d(seen, keys[new_rows])
+    saved.update(extra)
     # The full graph is stale now; the next full dedup rebuilds it (with a fresh mean).
     _save(folder, {"identity": identity, "signature": None}, saved, index)
     return DedupResult(_decide(groups, stored, scorer, keep), rule, graph.method,

@@ -25,10 +25,25 @@ INDEX_MIN_ROWS = 100_000  # below this, "auto" searches exactly
 INDEX_FILE = "_index.usearch"
 SIGNATURE_FILE = "_index.json"
 METHODS = ("auto", "exact", "usearch")
+SINGLE_THREAD_ROWS = 100_000  # smaller indexes are built on one thread (see _build)
 
 
 def index_available() -> bool:
     return available("usearch")
+
+
+def usearch_index(purpose: str | None = None):
+    """usearch's ``Index`` class, imported after OpenVINO when that is installed (else
+    :class:`~mobilevec.errors.MissingDependencyError` naming the ``index`` extra).
+
+    usearch's extension exports the C++ runtime it links statically (3,806 ``std::``
+    symbols in 2.26); imported first, it leaves OpenVINO unable to read any IR in that
+    process (``read_model`` fails with an empty message), so ``dedup`` or ``search`` then
+    ``embed`` in one Python session broke. OpenVINO imported first is unaffected.
+    """
+    if available("openvino"):
+        import openvino  # noqa: F401  (load order only)
+    return require("usearch.index", "index", purpose=purpose).Index
 
 
 def store_signature(output: str | Path) -> dict:
@@ -40,11 +55,13 @@ def store_signature(output: str | Path) -> dict:
 
 
 def _build(vectors: np.ndarray):
-    from usearch.index import Index
-
+    Index = usearch_index()
     index = Index(ndim=vectors.shape[1], metric="cos", dtype="f32")
-    index.add(np.arange(len(vectors), dtype=np.uint64), np.ascontiguousarray(vectors,
-                                                                              np.float32))
+    # As in dedup._add: usearch's threaded inserts can leave near-identical rows unlinked;
+    # below SINGLE_THREAD_ROWS one thread takes seconds and the index is reproducible.
+    threads = 1 if len(vectors) < SINGLE_THREAD_ROWS else 0
+    index.add(np.arange(len(vectors), dtype=np.uint64),
+              np.ascontiguousarray(vectors, np.float32), threads=threads)
     return index
 
 
@@ -53,8 +70,7 @@ def load_or_build_index(output: str | Path, stored: StoredVectors):
     from ``stored`` (the store's rows, as :func:`~mobilevec.embedding.store.read_store` gives
     them) and saved beside the parts. A store that cannot be written to still gets an
     index, in memory only."""
-    from usearch.index import Index
-
+    Index = usearch_index()
     root, _ = store_paths(output)
     index_file, signature_file = root / INDEX_FILE, root / SIGNATURE_FILE
     signature = {**store_signature(output), "rows": len(stored.paths),
@@ -92,7 +108,7 @@ def neighbours(output: str | Path, stored: StoredVectors, queries: np.ndarray, k
         method = "usearch" if large and index_available() else "exact"
     if method == "exact":
         return (*cosine_neighbours(queries, stored.vectors, k), "exact")
-    require("usearch.index", "index", purpose="--index usearch")
+    usearch_index("--index usearch")
     index = load_or_build_index(output, stored)
     k = min(k, len(stored.paths))
     queries = np.ascontiguousarray(np.atleast_2d(queries), np.float32)

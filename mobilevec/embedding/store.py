@@ -315,6 +315,26 @@ class _ParquetParts:
                                  f"{self.dim}")
         return vectors
 
+    def read_vectors_into(self, part: Path, out: np.ndarray) -> int:
+        """Fill ``out`` (rows, dim) with the part's vectors, one row group at a time (no
+        copy of the whole part); returns how many the part holds."""
+        done = 0
+        try:
+            for batch in self.pq.ParquetFile(part).iter_batches(columns=["vector"]):
+                column = batch.column(0)
+                block = column.values.to_numpy(zero_copy_only=False).reshape(len(column), -1)
+                if block.shape[1] != self.dim:
+                    raise _Damaged(part, f"vectors of {block.shape[1]} values, the store's "
+                                         f"have {self.dim}")
+                if done + len(block) <= len(out):
+                    out[done:done + len(block)] = block
+                done += len(block)
+        except (FileNotFoundError, NotADirectoryError, _Damaged):
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise _Damaged(part, f"{type(e).__name__}: {e}") from None
+        return done
+
     def companions(self, part: Path) -> list[Path]:
         return []
 
@@ -409,6 +429,21 @@ class _NpyParts:
             if isinstance(e, FileNotFoundError):
                 raise
             raise _Damaged(part, f"{type(e).__name__}: {e}") from None
+
+    def read_vectors_into(self, part: Path, out: np.ndarray) -> int:
+        """Fill ``out`` with the part's vectors (memory-mapped, copied in blocks)."""
+        try:
+            vectors = np.load(part, mmap_mode="r")
+        except (ValueError, OSError) as e:
+            if isinstance(e, FileNotFoundError):
+                raise
+            raise _Damaged(part, f"{type(e).__name__}: {e}") from None
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise _Damaged(part, f"{vectors.shape} vectors, the store's have {self.dim} values")
+        if len(vectors) == len(out):
+            for start in range(0, len(out), ROW_GROUP_ROWS):
+                out[start:start + ROW_GROUP_ROWS] = vectors[start:start + ROW_GROUP_ROWS]
+        return len(vectors)
 
     def companions(self, part: Path) -> list[Path]:
         return [self.index_of(part)]
@@ -1080,28 +1115,32 @@ def _read_store(output: str | Path) -> StoredVectors:
     codec = _codec(kind, meta)
     resolve = _resolver(meta, root)
     keys: list[Key] = []
-    blocks: list[np.ndarray] = []
+    parts: list[tuple[Path, int]] = []
     for _, _, part in _parts(root, codec.suffix):
         try:
             rows = codec.read_rows(part)
         except _Damaged as e:
             raise _damaged_error(e) from None
+        keys += [(resolve(p, r), s, m) for p, r, s, m in zip(rows.paths, rows.relpaths,
+                                                             rows.sizes, rows.mtimes,
+                                                             strict=True)]
+        parts.append((part, len(rows)))
+    # One array for every part's vectors, filled in place: a list of per-part arrays joined
+    # at the end held the store twice (4 GB for 10^6 x 1024 float16 rows).
+    vectors = np.empty((len(keys), meta["dim"]), np.dtype(meta["dtype"]))
+    start = 0
+    for part, count in parts:
         try:
-            block = codec.read_vectors(part)
+            found = codec.read_vectors_into(part, vectors[start:start + count])
         except _Damaged as e:  # keys whole, vectors not: embed's check would pass it
             raise StoreError(f"{e.part} is damaged ({e.cause}); move it into "
                              f"{root / QUARANTINE} (or delete it) and run `mobilevec embed` "
                              "again with the same inputs: it embeds its images again") from None
-        if len(block) != len(rows):
-            raise StoreError(f"{part}: {len(block)} vectors but {len(rows)} index rows; "
+        if found != count:
+            raise StoreError(f"{part}: {found} vectors but {count} index rows; "
                              "the part is damaged: run `mobilevec embed` again to move it "
                              "aside and embed its images again")
-        keys += [(resolve(p, r), s, m) for p, r, s, m in zip(rows.paths, rows.relpaths,
-                                                             rows.sizes, rows.mtimes,
-                                                             strict=True)]
-        blocks.append(block)
-    vectors = (np.concatenate(blocks) if blocks
-               else np.zeros((0, meta["dim"]), np.dtype(meta["dtype"])))
+        start += count
     keep = _newest_per_path([k[0] for k in keys])
     if keep is not None:
         keys = [keys[i] for i in keep]
