@@ -131,18 +131,13 @@ def _edit(rng: random.Random, doc) -> None:
     """Replace one value somewhere in ``doc`` by a hostile one."""
     node = doc
     for _ in range(rng.randint(1, 6)):
-        if isinstance(node, dict) and node:
-            key = rng.choice(list(node))
-            if not isinstance(node[key], dict | list) or rng.random() < 0.3:
-                node[key] = _hostile(rng)
-                return
-            node = node[key]
-        elif isinstance(node, list) and node:
-            i = rng.randrange(len(node))
-            if not isinstance(node[i], dict | list) or rng.random() < 0.3:
-                node[i] = _hostile(rng)
-                return
-            node = node[i]
+        if not isinstance(node, dict | list) or not node:
+            break
+        at = rng.choice(list(node)) if isinstance(node, dict) else rng.randrange(len(node))
+        if not isinstance(node[at], dict | list) or rng.random() < 0.3:
+            node[at] = _hostile(rng)
+            return
+        node = node[at]
     if isinstance(node, list):
         node.append(_hostile(rng))
 

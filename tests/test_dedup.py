@@ -17,6 +17,16 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
 
 
+def _planted_groups(seed: int) -> np.ndarray:
+    """300 groups of 4 rows at cosine ~0.95 to their centre, then 1,800 unrelated rows."""
+    rng = np.random.default_rng(seed)
+    centres = _unit(rng.standard_normal((300, 256)))
+    members = _unit(centres[:, None, :] + 0.02 * rng.standard_normal((300, 4, 256)))
+    vectors = np.concatenate([members.reshape(-1, 256),
+                              _unit(rng.standard_normal((1800, 256)))])
+    return vectors
+
+
 def _groups(vectors: np.ndarray, threshold: float, method: str = "exact", k: int = 8):
     scorer = dedup.Scorer.fit("cosine", vectors)
     graph = dedup.knn_graph(vectors, scorer, k=k, method=method)
@@ -48,11 +58,7 @@ def test_the_ann_path_gives_the_groups_of_the_exact_path():
     # rest of the session (see index.usearch_index); the library imports it in that order.
     if not dedup.available("usearch"):
         pytest.skip("usearch (the index extra) is not installed")
-    rng = np.random.default_rng(1)
-    centres = _unit(rng.standard_normal((300, 256)))
-    members = _unit(centres[:, None, :] + 0.02 * rng.standard_normal((300, 4, 256)))
-    vectors = np.concatenate([members.reshape(-1, 256),
-                              _unit(rng.standard_normal((1800, 256)))])
+    vectors = _planted_groups(seed=1)
     exact = _groups(vectors, threshold=0.8, method="exact")
     assert len(exact) == 300
     assert _groups(vectors, threshold=0.8, method="usearch") == exact
@@ -126,11 +132,7 @@ def test_the_bucket_path_gives_the_groups_of_the_exact_path(monkeypatch):
     # 32 buckets of ~100 rows, each compared with its 3 nearest: most pairs of rows are
     # never scored, the near-duplicate ones all are.
     monkeypatch.setattr(dedup, "BUCKET_ROWS", 100)
-    rng = np.random.default_rng(3)
-    centres = _unit(rng.standard_normal((300, 256)))
-    members = _unit(centres[:, None, :] + 0.02 * rng.standard_normal((300, 4, 256)))
-    vectors = np.concatenate([members.reshape(-1, 256),
-                              _unit(rng.standard_normal((1800, 256)))])
+    vectors = _planted_groups(seed=3)
     exact = _groups(vectors, threshold=0.8, method="exact")
     assert len(exact) == 300
     assert _groups(vectors, threshold=0.8, method="buckets") == exact

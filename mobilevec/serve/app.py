@@ -180,6 +180,13 @@ async def _body(request) -> bytes:
         raise _too_large(request.app[_APP.state].config.max_body_bytes) from None
 
 
+def _check_version(model: Runtime, request) -> None:
+    version = request.match_info.get("version")
+    if version not in (None, "1"):
+        raise RequestError(404, "unknown_version", f"model {model.name!r} has version 1 "
+                                                   f"only, not {version!r}")
+
+
 def _too_large(limit: int) -> RequestError:
     return RequestError(413, "body_too_large", f"the request body exceeds the limit of "
                                                f"{limit} bytes (--max-body-bytes)",
@@ -302,10 +309,7 @@ def _handlers(state: State) -> dict[str, Callable[..., Awaitable]]:
 
     async def infer(request):
         m = state.model(request.match_info["name"], request)
-        version = request.match_info.get("version")
-        if version not in (None, "1"):
-            raise RequestError(404, "unknown_version", f"model {m.name!r} has version 1 "
-                                                       f"only, not {version!r}")
+        _check_version(m, request)
         with state.admitted(m) as ticket:
             body = await _body(request)
             header = request.headers.get("Inference-Header-Content-Length")
@@ -340,10 +344,7 @@ def _handlers(state: State) -> dict[str, Callable[..., Awaitable]]:
 
     async def predict(request):
         m = state.model(request.match_info["name"], request)
-        version = request.match_info.get("version")
-        if version not in (None, "1"):
-            raise RequestError(404, "unknown_version", f"model {m.name!r} has version 1 "
-                                                       f"only, not {version!r}")
+        _check_version(m, request)
         with state.admitted(m) as ticket:
             body = await _body(request)
             images, key = await state.prepare(lambda: parse_predict(body, m.decoder))
