@@ -1,7 +1,7 @@
 """`mobilevec serve` under load, against peers serving the same model on the same engine.
 
     python benchmarks/serve.py [--model v3|v2] [--seconds 4] [--concurrency 1 8 32 128]
-                               [--peers fastapi litserve] [--json out.json]
+                               [--peers fastapi litserve rayserve bentoml] [--json out.json]
 
 Every server gets the same request: one real JPEG from ../shared/data/imagenet-samples,
 base64 in TF Serving's JSON (`{"instances": [{"b64": ...}]}`), answered with its vector.
@@ -11,7 +11,10 @@ Servers, each in its own process on 127.0.0.1:
 - **fastapi**: a plain FastAPI app on uvicorn, one engine call per request (what a user
   writes first);
 - **litserve**: LitServe with its own batching on (`max_batch_size=32`,
-  `batch_timeout=0.005`), if installed (`pip install 'mobilevec[bench]'`).
+  `batch_timeout=0.005`), if installed (`pip install 'mobilevec[bench]'`);
+- **rayserve**: Ray Serve, one deployment with `serve.batch` (32, 5 ms);
+- **bentoml**: BentoML's server on a batchable API (`benchmarks/serve_bentoml.py`,
+  `max_batch_size=32`).
 
 All run `mobilevec.embedder` (the default engine, fp32) and decode with
 `load_array_bytes`, so only the serving differs. The load generator (aiohttp, in this
@@ -128,6 +131,44 @@ def _run_litserve(model: str, weights: str, port: int) -> None:
     api = LitEmbedApi(model, weights, max_batch_size=MAX_BATCH, batch_timeout=DELAY_MS / 1000)
     server = _litserve.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1)
     server.run(host="127.0.0.1", port=port, generate_client_file=False, log_level="error")
+
+
+def _run_rayserve(model: str, weights: str, port: int) -> None:
+    """Ray Serve as its guide writes it: one deployment, ``serve.batch`` on the model call."""
+    import ray
+    from ray import serve
+    from starlette.requests import Request
+
+    @serve.deployment(max_ongoing_requests=4 * MAX_BATCH)
+    class Embed:
+        def __init__(self):
+            self.emb = _embedder(model, weights)
+
+        @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=DELAY_MS / 1000)
+        async def embed(self, images: list[np.ndarray]) -> list[np.ndarray]:
+            return list(self.emb(np.stack(images)))
+
+        async def __call__(self, request: Request):
+            if request.method == "GET":
+                return {"ok": True}
+            vector = await self.embed(_decode(await request.json()))
+            return {"predictions": [vector.tolist()]}
+
+    import signal
+
+    # SIGTERM from the benchmark: exit through atexit, which stops Ray's local cluster
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(Embed.bind(), route_prefix="/", blocking=True)
+
+
+def _run_bentoml(model: str, weights: str, port: int) -> None:
+    """BentoML's own server (``bentoml serve``) on the batchable service below."""
+    env = {**os.environ, "MOBILEVEC_BENCH_MODEL": model, "MOBILEVEC_BENCH_WEIGHTS": weights}
+    os.execvpe(sys.executable, [sys.executable, "-m", "bentoml", "serve",
+                                "serve_bentoml:Embed", "--working-dir", str(Path(__file__).parent),
+                                "--host", "127.0.0.1", "--port", str(port)], env)
 
 
 # --- the load generator ------------------------------------------------------------------
@@ -247,7 +288,7 @@ def _wait(port: int, proc: subprocess.Popen, timeout: float = 300) -> None:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
-        for path in ("/v2/health/ready", "/health"):
+        for path in ("/v2/health/ready", "/health", "/readyz"):
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
                     if r.status == 200:
@@ -290,7 +331,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peer:
-        {"fastapi": _run_fastapi, "litserve": _run_litserve}[args.peer](
+        {"fastapi": _run_fastapi, "litserve": _run_litserve, "rayserve": _run_rayserve,
+         "bentoml": _run_bentoml}[args.peer](
             args.model_name, args.weights, args.port)
         return
 
@@ -324,7 +366,9 @@ def main() -> None:
                 request = urllib.request.Request(url, data=payloads[i], headers={
                     "Content-Type": "application/json"})
                 with urllib.request.urlopen(request, timeout=60) as r:
-                    got = np.array(json.loads(r.read())["predictions"][0], np.float32)
+                    answer = json.loads(r.read())  # BentoML answers the bare list
+                    got = np.array(answer["predictions"][0] if isinstance(answer, dict)
+                                   else answer[0], np.float32)
                 worst = max(worst, float(np.abs(got - offline["vectors"][i]).max()))
             rows = [asyncio.run(_closed_loop(url, payloads, c, args.seconds))
                     for c in args.concurrency]

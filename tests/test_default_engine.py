@@ -148,6 +148,26 @@ def test_import_help_and_a_warm_embed_import_no_torch(tmp_path, v3_tflite, photo
     assert np.array_equal(a.vectors, b.vectors)
 
 
+def test_a_warm_bf16_embed_imports_no_torch(tmp_path, v3_tflite, photos):
+    # the precision run also measures its cosine to fp32 (measure_precision): that must
+    # stay torch-free too (it imported the int8 exporter, and torch with it: 0.8 s)
+    try:
+        default_engine.check_precision("bf16")
+    except PrecisionError as e:
+        pytest.skip(f"this CPU does not run bf16: {e}")
+    env = {**__import__("os").environ, "MOBILEVEC_CACHE": str(tmp_path / "cache")}
+    args = ["embed", *map(str, photos[:3]), "--model", V3, "--weights", str(v3_tflite),
+            "--precision", "bf16", "--quiet"]
+    cold = subprocess.run([sys.executable, "-m", "mobilevec.cli", *args, "-o",
+                           str(tmp_path / "a.parquet")], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert cold.returncode == 0, cold.stderr
+    warm = _no_torch(f"from mobilevec.cli.app import main\n"
+                     f"assert main({[*args, '-o', str(tmp_path / 'b.parquet')]!r}) == 0", env)
+    assert warm.returncode == 0, warm.stderr
+    assert read_store(tmp_path / "b.parquet").meta["quality"]["cosine_mean"] > 0.9
+
+
 def test_without_an_engine_runtime_the_torch_module_runs_and_says_so_once(
         tmp_path, monkeypatch, caplog, v3_tflite, photos):
     for module in ("openvino", "onnxruntime"):

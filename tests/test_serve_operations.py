@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import signal
 import threading
 import time
@@ -18,7 +19,7 @@ requests = pytest.importorskip("requests")
 pytest.importorskip("aiohttp")
 
 V3 = "mobilenet_v3_small_075_224"
-BIG = 48  # images in one request: decoding and running them takes long enough to act meanwhile
+BIG = 48  # images in one request: more than one engine call (--max-batch)
 TOKEN = "s3cret-token-for-tests"
 
 
@@ -67,19 +68,29 @@ def test_a_full_queue_answers_503_at_once_and_the_queued_requests_still_succeed(
                                                                                  photo):
     url = f"{server.url}/v2/models/{V3}/infer"
     answers: list = []
+    body = json.dumps(_infer_body(photo, BIG)).encode()
+    halves, go = threading.Semaphore(0), threading.Event()
 
     def big():  # two requests in flight fill the queue of 2 (--max-queue)
-        answers.append(requests.post(url, json=_infer_body(photo, BIG),
-                                     headers=server.headers, timeout=120))
+        def chunks():  # held half-sent until the third is refused, however fast the host
+            yield body[:len(body) // 2]
+            halves.release()
+            go.wait(30)
+            yield body[len(body) // 2:]
+
+        answers.append(requests.post(url, data=chunks(), timeout=120, headers={
+            **server.headers, "Content-Type": "application/json"}))
 
     threads = [threading.Thread(target=big) for _ in range(2)]
     for thread in threads:
         thread.start()
-    time.sleep(0.3)
+    assert halves.acquire(timeout=30) and halves.acquire(timeout=30)
+    time.sleep(0.2)  # both admitted
     start = time.monotonic()
     refused = requests.post(url, json=_infer_body(photo, 1), headers=server.headers,
                             timeout=60)
     seconds = time.monotonic() - start
+    go.set()
     for thread in threads:
         thread.join()
     assert refused.status_code == 503 and refused.json()["kind"] == "queue_full"
@@ -104,18 +115,31 @@ def test_sigterm_finishes_the_requests_in_flight_and_refuses_new_ones(server, ph
     # the last test of the module: it stops the server
     url = f"{server.url}/v2/models/{V3}/infer"
     answer: dict = {}
+    body = json.dumps(_infer_body(photo, BIG)).encode()
+    sent_half, signalled = threading.Event(), threading.Event()
+
+    def chunks():
+        # half the body, the rest only after the signal: the request is in flight when
+        # SIGTERM comes on any host (a fixed sleep after starting a whole request lost that
+        # race on a fast one: it had been answered already)
+        yield body[:len(body) // 2]
+        sent_half.set()
+        signalled.wait(30)
+        yield body[len(body) // 2:]
 
     def in_flight():
-        answer["r"] = requests.post(url, json=_infer_body(photo, BIG), headers=server.headers,
-                                    timeout=60)
+        answer["r"] = requests.post(url, data=chunks(), timeout=60, headers={
+            **server.headers, "Content-Type": "application/json"})
 
     thread = threading.Thread(target=in_flight)
     thread.start()
-    time.sleep(0.3)  # its images are being decoded and run when the signal comes
+    assert sent_half.wait(30)
+    time.sleep(0.2)  # the server has the headers and the first half
     server.proc.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     with pytest.raises(requests.ConnectionError):  # no longer listening
         requests.get(f"{server.url}/v2/health/live", timeout=5)
+    signalled.set()
     thread.join()
     assert answer["r"].status_code == 200, answer["r"].text
     assert answer["r"].json()["outputs"][0]["shape"] == [BIG, 1024]
@@ -151,6 +175,45 @@ def test_the_batcher_groups_concurrent_requests_up_to_max_batch():
         assert np.array_equal(y, np.full((1, 2), 2 * x.flat[0]))
     # fewer engine calls than requests, each padded to one of the warmed-up sizes
     assert set(calls) <= {1, 2, 4} and sum(calls) >= 10 and len(calls) < 10
+
+
+def test_call_plans_split_or_pad_a_batch_by_the_call_timings():
+    from mobilevec.serve.batching import call_plans
+
+    sizes = [1, 2, 4, 8, 16, 32]
+    # a call costs its size + 1: 17 images are 16 + 1 (cost 19), not 32 (33); 31 pad to 32
+    plans = call_plans(sizes)
+    assert plans[17] == [16, 1] and plans[31] == [32] and plans[16] == [16]
+    # every call the same time, whatever its size: one call, padded
+    assert call_plans(sizes, dict.fromkeys(sizes, 1.0))[17] == [32]
+    # V2's timings on one host (ms): 4 images per call is the cheapest per image (2.28 ms),
+    # so 32 images are 8 calls of 4 (72.8 ms) rather than one of 32 (91.6 ms)
+    v2 = {1: 2.69, 2: 4.71, 4: 9.10, 8: 18.83, 16: 41.21, 32: 91.57}
+    assert call_plans(sizes, v2)[32] == [4] * 8
+    assert all(sum(plan) >= n for n, plan in enumerate(call_plans(sizes, v2)))
+
+
+def test_a_split_batch_gives_each_request_its_own_rows():
+    calls = []
+
+    def run(x):
+        calls.append(len(x))
+        return x.reshape(len(x), -1)[:, :2] * 2
+
+    # calls of 1 cost 3, of 2 cost 2, of 4 cost 8: 3 images run as 2 + 2 (the second
+    # padded), neither as 4 nor with a call of 1
+    batcher = _batcher(run, max_delay_ms=200, call_seconds={1: 3.0, 2: 2.0, 4: 8.0})
+    batcher.incoming = lambda: 1
+
+    async def main():
+        inputs = [np.full((1, 3, 2, 2), i + 1, np.float32) for i in range(3)]
+        return inputs, await asyncio.gather(*(batcher.submit(x) for x in inputs))
+
+    inputs, outputs = asyncio.run(main())
+    batcher.stop()
+    for x, y in zip(inputs, outputs, strict=True):
+        assert np.array_equal(y, np.full((1, 2), 2 * x.flat[0]))
+    assert set(calls) == {2}, calls
 
 
 def test_the_batcher_refuses_past_its_queue_and_drops_abandoned_requests():

@@ -24,7 +24,7 @@ import glob
 import logging
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,3 +123,11 @@ def expand_inputs(items: Iterable[str], from_files: Iterable[str] = ()) -> Sourc
                 seen.add(path)
                 found.paths.append(path)
     return found
+
+
+def spread(paths: Sequence[Path], limit: int) -> list[Path]:
+    """At most ``limit`` of ``paths``, evenly spaced over the sequence."""
+    if len(paths) <= limit:
+        return list(paths)
+    step = len(paths) / limit
+    return [paths[int(i * step)] for i in range(limit)]

@@ -212,9 +212,9 @@ def measure_precision(emb: Embedder, paths: Sequence[str | Path], prep: Any,
     random weights, or when none of the photos decodes."""
     if emb.precision == "fp32" or emb.source.artifact is None:
         return {}
+    from ..data.sources import spread
     from ..engines.default import cached_engine
     from ..errors import ImageError
-    from ..export.quantize import spread
 
     arrays = []
     for path in spread(list(paths), count):

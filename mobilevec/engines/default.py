@@ -180,7 +180,7 @@ def _export(folder: Path, name: str, weights: str | Path, backend: str, precisio
             raise PrecisionError("--precision int8 needs photos to calibrate on the first "
                                  "time (the run's own inputs, or `mobilevec export --int8 "
                                  "--calibrate DIR`); none were given")
-        from ..export.quantize import spread
+        from ..data.sources import spread
 
         photos = spread(list(calibration), CALIBRATION_IMAGES)
         log.info("calibrating int8 %s on %d photos (once; cached)", name, len(photos))

@@ -39,6 +39,7 @@ from typing import Literal
 import numpy as np
 
 from ..data.images import ImageError, load_array
+from ..data.sources import spread
 from .fused import in_squeeze_excite
 from .onnx_runs import session as _session
 
@@ -72,14 +73,6 @@ def calibration_paths(folder: str | Path, limit: int = DEFAULT_CALIBRATION_IMAGE
     if not paths:
         raise FileNotFoundError(f"no images found under {folder} to calibrate int8 with")
     return spread(paths, limit)
-
-
-def spread(paths: Sequence[Path], limit: int) -> list[Path]:
-    """At most ``limit`` of ``paths``, evenly spaced over the sequence."""
-    if len(paths) <= limit:
-        return list(paths)
-    step = len(paths) / limit
-    return [paths[int(i * step)] for i in range(limit)]
 
 
 def calibration_images(paths: Sequence[str | Path], image_size: tuple[int, int],

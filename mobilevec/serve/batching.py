@@ -2,10 +2,13 @@
 are grouped into one engine call of up to ``max_batch`` images, for at most
 ``max_delay_ms`` after the first of them arrived.
 
-Batches are padded to a few sizes (:func:`batch_sizes`: powers of two up to
+Engine calls use a few sizes only (:func:`batch_sizes`: powers of two up to
 ``max_batch``), all run once at start-up: engines compile each input shape they see
 (OpenVINO keeps a compiled model per shape, ~100-200 MB each for V2), so arbitrary sizes
-would compile during requests and hold 1.9 GB (V2, all 32 sizes) instead of 0.7 GB.
+would compile during requests and hold 1.9 GB (V2, all 32 sizes) instead of 0.7 GB. A
+batch of another size runs as the cheapest sequence of those sizes by their start-up
+timings (:func:`call_plans`: 17 images as 16 + 1, not padded to 32, which cost V2 twice
+the time), the last call padded.
 
 One thread per model runs the engine (engines are called from one thread at a time);
 requests are decoded before they are queued, in other threads, so decoding overlaps
@@ -40,6 +43,77 @@ def batch_sizes(max_batch: int) -> list[int]:
     return [*sizes, max_batch]
 
 
+def call_plans(sizes: list[int], seconds: dict[int, float] | None = None) -> list[list[int]]:
+    """For each batch of 0..max(sizes) images, the engine calls (sizes, in order) that
+    cost least, the last one padded.
+
+    ``seconds`` is one call's time at each size (measured at start-up); without it a call
+    costs its size plus one image's worth of overhead.
+    """
+    cost = {s: (seconds or {}).get(s, s + 1.0) for s in sizes}
+    best: list[tuple[float, list[int]]] = [(0.0, [])]
+    for n in range(1, max(sizes) + 1):
+        # on a tie, the larger call first (min keeps the first of equals)
+        total, size = min(((cost[s] + best[max(n - s, 0)][0], s) for s in sorted(sizes)[::-1]),
+                          key=lambda option: option[0])
+        best.append((total, [size, *best[max(n - size, 0)][1]]))
+    plans = [plan for _, plan in best]
+    plans[0] = [min(sizes)]  # an empty request still makes one call (for the output width)
+    return plans
+
+
+WARM_TIMINGS = 3  # timed calls per size at start-up (the fastest counts)
+
+
+def time_call_sizes(run: Callable[[np.ndarray], np.ndarray], image_shape: tuple[int, ...],
+                    max_batch: int) -> dict[int, float]:
+    """Runs every call size once (engines compile a shape the first time they see it, so
+    no request waits for that), then times it: ``{size: seconds of its fastest call}``."""
+    seconds = {}
+    for n in batch_sizes(max_batch):
+        x = np.zeros((n, *image_shape), np.float32)
+        run(x)
+        times = []
+        for _ in range(WARM_TIMINGS):
+            start = time.perf_counter()
+            run(x)
+            times.append(time.perf_counter() - start)
+        seconds[n] = min(times)
+    return seconds
+
+
+class CallPlan:
+    """Runs any number of images through ``run`` in calls of :func:`batch_sizes` only, each
+    batch as the cheapest sequence of them (:func:`call_plans`)."""
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], image_shape: tuple[int, ...],
+                 max_batch: int, seconds: dict[int, float] | None = None):
+        self.run, self.max_batch = run, max_batch
+        self.plans = call_plans(batch_sizes(max_batch), seconds)
+        # padding rows keep what an earlier batch left (valid images) or zeros: rows of a
+        # batch never mix, so they only cost time
+        self.staging = np.zeros((max(sum(plan) for plan in self.plans), *image_shape),
+                                np.float32)
+
+    def __call__(self, images: np.ndarray, staged: bool = False) -> np.ndarray:
+        """The vectors of ``images``; ``staged``: they are ``staging[:n]`` already."""
+        n = len(images)
+        if n > self.max_batch:
+            return np.concatenate([self(images[i:i + self.max_batch])
+                                   for i in range(0, n, self.max_batch)])
+        parts, start = [], 0
+        for size in self.plans[n]:
+            if start + size <= n:
+                parts.append(np.asarray(self.run(images[start:start + size]), np.float32))
+            else:  # the last call: padded in the staging rows
+                if not staged:
+                    self.staging[start:n] = images[start:]
+                out = np.asarray(self.run(self.staging[start:start + size]), np.float32)
+                parts.append(out[:n - start])
+            start += size
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 class QueueFull(Exception):
     """The model's queue has no room for this request: answer 503, retry later."""
 
@@ -64,8 +138,9 @@ class DynamicBatcher:
 
     def __init__(self, name: str, run: Callable[[np.ndarray], np.ndarray], *,
                  image_shape: tuple[int, int, int], max_batch: int, max_delay_ms: float,
-                 max_queue: int, on_batch: Callable[[int, float], None] | None = None):
-        self.name, self._run, self.image_shape = name, run, image_shape
+                 max_queue: int, on_batch: Callable[[int, float], None] | None = None,
+                 call_seconds: dict[int, float] | None = None):
+        self.name, self.image_shape = name, image_shape
         self.max_batch, self.max_delay = max_batch, max_delay_ms / 1000.0
         self.max_queue = max(max_queue, 1)
         self._on_batch = on_batch
@@ -76,10 +151,7 @@ class DynamicBatcher:
         self._queued = 0  # images in _jobs
         self._cond = threading.Condition()
         self._stopping = False
-        self.sizes = batch_sizes(max_batch)
-        # padding rows keep what an earlier batch left (valid images) or zeros: rows of a
-        # batch never mix, so they only cost time
-        self._staging = np.zeros((max_batch, *image_shape), np.float32)
+        self._calls = CallPlan(run, image_shape, max_batch, call_seconds)
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}",
                                         daemon=True)
         self._thread.start()
@@ -157,13 +229,13 @@ class DynamicBatcher:
         start = time.perf_counter()
         try:
             if len(batch) == 1:
-                vectors = self._chunked(batch[0].images)
+                vectors = self._calls(batch[0].images)
             else:
-                offset = 0
+                staging, offset = self._calls.staging, 0
                 for job in batch:
-                    self._staging[offset:offset + len(job.images)] = job.images
+                    staging[offset:offset + len(job.images)] = job.images
                     offset += len(job.images)
-                vectors = self._padded(self._staging[:total], staged=True)
+                vectors = self._calls(staging[:total], staged=True)
         except Exception as e:  # noqa: BLE001 - an engine failure fails this batch only
             log.exception("model %s: a batch of %d images failed", self.name, total)
             for job in batch:
@@ -176,23 +248,6 @@ class DynamicBatcher:
         for job in batch:
             _resolve(job, vectors[offset:offset + len(job.images)].copy())
             offset += len(job.images)
-
-    def _padded(self, images: np.ndarray, staged: bool = False) -> np.ndarray:
-        """The vectors of ``images`` (at most max_batch), run at the next of the sizes."""
-        n = len(images)
-        size = next(s for s in self.sizes if s >= n)
-        if size == n:
-            return np.asarray(self._run(images), np.float32)
-        if not staged:
-            self._staging[:n] = images
-        return np.asarray(self._run(self._staging[:size]), np.float32)[:n]
-
-    def _chunked(self, images: np.ndarray) -> np.ndarray:
-        """One request's images, in engine calls of at most max_batch."""
-        if len(images) <= self.max_batch:
-            return self._padded(images)
-        return np.concatenate([self._padded(images[i:i + self.max_batch])
-                               for i in range(0, len(images), self.max_batch)])
 
     def stop(self, timeout: float | None = None) -> None:
         """Run what is queued, then end the thread; new submits raise :class:`Stopped`."""

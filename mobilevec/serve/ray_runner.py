@@ -43,12 +43,13 @@ def _model_deployment(serve, config: ServeConfig, served: ServedModel, replicas:
     class Model:
         def __init__(self):
             from ..embedding.embedder import embedder
-            from .batching import batch_sizes
+            from .batching import CallPlan, time_call_sizes
 
             self.emb = embedder(served.model, served.weights, handle=served.handle,
                                 backend=served.backend, precision=served.precision)
-            for n in batch_sizes(config.max_batch):
-                self.emb(np.zeros((n, 3, *self.emb.image_size), np.float32))
+            shape = (3, *self.emb.image_size)
+            self.calls = CallPlan(self.emb, shape, config.max_batch,
+                                  time_call_sizes(self.emb, shape, config.max_batch))
 
         def describe(self) -> dict:
             return {"model": self.emb.config.name, "num_features": self.emb.num_features,
@@ -60,7 +61,7 @@ def _model_deployment(serve, config: ServeConfig, served: ServedModel, replicas:
                      batch_size_fn=lambda items: sum(len(x) for x in items))
         async def embed(self, requests: list) -> list:
             counts = [len(x) for x in requests]
-            vectors = self.emb(np.concatenate(requests))
+            vectors = self.calls(np.concatenate(requests))
             return np.split(vectors, np.cumsum(counts)[:-1])
 
     return Model

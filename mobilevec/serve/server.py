@@ -13,10 +13,8 @@ import logging
 import signal
 from collections.abc import Callable
 
-import numpy as np
-
 from .app import Runtime, app_state, build_app
-from .batching import DynamicBatcher, batch_sizes
+from .batching import DynamicBatcher, time_call_sizes
 from .config import ServeConfig, ServedModel
 from .inputs import Decoder
 
@@ -26,16 +24,16 @@ log = logging.getLogger(__name__)
 def load_runtime(served: ServedModel, config: ServeConfig,
                  on_batch: Callable[[str, int, float], None] | None = None) -> Runtime:
     """``served`` on the default engine (the one ``embed`` uses, from the same engine
-    cache), warmed up for one image and a full batch."""
+    cache), warmed up and timed at every call size."""
     from ..embedding.embedder import embedder
 
     emb = embedder(served.model, served.weights, handle=served.handle,
                    backend=served.backend, precision=served.precision)
     size = emb.image_size
-    # Every size a batch is padded to, once, so that no request waits for a compilation
-    # (engines compile a shape the first time they see it).
-    for n in batch_sizes(config.max_batch):
-        emb(np.zeros((n, 3, *size), np.float32))
+    # Every call size, once, so that no request waits for a compilation (engines compile a
+    # shape the first time they see it); then timed, for the batcher's call plans.
+    call_seconds = time_call_sizes(emb, (3, *size), config.max_batch)
+    log.debug("model %s: engine call seconds by batch size %s", served.name, call_seconds)
 
     def batch_done(n: int, seconds: float) -> None:
         if on_batch is not None:
@@ -43,7 +41,8 @@ def load_runtime(served: ServedModel, config: ServeConfig,
 
     batcher = DynamicBatcher(served.name, emb, image_shape=(3, *size),
                              max_batch=config.max_batch, max_delay_ms=config.max_delay_ms,
-                             max_queue=config.queue_limit, on_batch=batch_done)
+                             max_queue=config.queue_limit, on_batch=batch_done,
+                             call_seconds=call_seconds)
     decoder = Decoder(size=size, crop=config.crop, draft=not config.exact_decode,
                       max_pixels=config.max_pixels)
     log.info("model %s: %s on %s (%s), %d-d, input %dx%d", served.name, emb.config.name,
@@ -127,8 +126,20 @@ async def _serve(config: ServeConfig, on_ready: Callable[[str], None] | None) ->
         log.info("%s: finishing %d request(s) in flight, refusing new ones",
                  caught[0] if caught else "stop", state.in_flight)
         state.stopping = True
+        # Stop listening, then let the requests in flight finish, those still sending their
+        # body too: aiohttp's own shutdown cancels a body being read, closing its
+        # connection unanswered.
+        await site.stop()
+        await _drained(state, config.timeout_s)
         await runner.cleanup()
         for runtime in runtimes.values():
             await loop.run_in_executor(None, runtime.batcher.stop, config.timeout_s)
         state.pool.shutdown(wait=False, cancel_futures=True)
         log.info("stopped")
+
+
+async def _drained(state, timeout: float) -> None:
+    """Until no request is in flight, or ``timeout`` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while state.in_flight and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
