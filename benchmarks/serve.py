@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import random
@@ -200,10 +201,13 @@ async def _closed_loop(url: str, payloads: list[bytes], concurrency: int,
                 if r.status == 200:
                     latencies.append(time.perf_counter() - t)
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(client() for _ in range(concurrency)))
         wall = time.perf_counter() - start
+        cpu = time.process_time() - cpu
     return {"concurrency": concurrency, "rps": round(len(latencies) / wall, 1),
+            # the load generator shares the host's cores with the server: its own share
+            "client_cores": round(cpu / wall, 2),
             "p50_ms": round(1000 * _percentile(latencies, 0.5), 1),
             "p99_ms": round(1000 * _percentile(latencies, 0.99), 1),
             "p999_ms": round(1000 * _percentile(latencies, 0.999), 1), "codes": codes}
@@ -278,7 +282,28 @@ def _start(name: str, model: str, weights: Path, port: int) -> subprocess.Popen:
     else:
         cmd = [sys.executable, __file__, "--peer", name, "--model-name", model, "--weights",
                str(weights), "--port", str(port)]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # a session of its own: LitServe's workers outlived a terminated parent, idling at
+    # 6 % of a core each through the runs that followed
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the server's whole process group, then SIGKILL what is left."""
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+        with contextlib.suppress(ProcessLookupError):  # the leader is gone, workers may not be
+            os.killpg(proc.pid, signal.SIGKILL)
+        return
 
 
 def _wait(port: int, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -353,7 +378,7 @@ def main() -> None:
             _wait(port, proc)
         except RuntimeError as e:
             print(f"{name}: skipped ({e})", flush=True)
-            proc.kill()
+            _stop(proc)
             continue
         url = (f"http://127.0.0.1:{port}/v1/models/m:predict" if name == "mobilevec"
                else f"http://127.0.0.1:{port}/predict")
@@ -382,17 +407,14 @@ def main() -> None:
             for r in rows:
                 print(f"{name:10} c={r['concurrency']:<4} {r['rps']:7.1f} img/s  p50 "
                       f"{r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f}  p99.9 "
-                      f"{r['p999_ms']:7.1f}  {r['codes']}", flush=True)
+                      f"{r['p999_ms']:7.1f}  client {r['client_cores']:.2f} cores  "
+                      f"{r['codes']}", flush=True)
             if "overload" in entry:
                 print(f"{name:10} overload {entry['overload']}", flush=True)
             print(f"{name:10} vectors vs embed: max |diff| {worst:.2e}; peak RSS "
                   f"{entry['peak_rss_mb']} MB", flush=True)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            _stop(proc)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

@@ -51,7 +51,8 @@ class Served:
 
     @property
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:  # stop() closes it; the log is still on disk
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     @property

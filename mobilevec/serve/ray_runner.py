@@ -200,6 +200,11 @@ def serve_on_ray(config: ServeConfig, *, address: str | None = None, replicas: i
     ray = require("ray", "serve-ray", purpose="mobilevec serve --runner ray")
     serve = require("ray.serve", "serve-ray", purpose="mobilevec serve --runner ray")
     ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    # Ours from here on (ray.init installs its own, which exits 15): the proxy can answer
+    # the health probes before serve.run returns, so a SIGTERM can come that early.
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     serve.start(http_options={"host": config.host, "port": config.port})
     serve.run(build_ray_app(config, replicas=replicas, max_replicas=max_replicas),
               name="mobilevec", route_prefix="/")
@@ -207,9 +212,6 @@ def serve_on_ray(config: ServeConfig, *, address: str | None = None, replicas: i
     log.info("serving %s on Ray Serve at %s", ", ".join(m.name for m in config.models), url)
     if on_ready is not None:
         on_ready(url)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     log.info("shutting down the Ray Serve app")
     serve.delete("mobilevec")
