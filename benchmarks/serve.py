@@ -14,7 +14,8 @@ Servers, each in its own process on 127.0.0.1:
   `batch_timeout=0.005`), if installed (`pip install 'mobilevec[bench]'`);
 - **rayserve**: Ray Serve, one deployment with `serve.batch` (32, 5 ms);
 - **bentoml**: BentoML's server on a batchable API (`benchmarks/serve_bentoml.py`,
-  `max_batch_size=32`).
+  `max_batch_size=32`);
+- **mobilevec-ray**: `mobilevec serve --runner ray` (one replica), for Ray Serve's cost.
 
 All run `mobilevec.embedder` (the default engine, fp32) and decode with
 `load_array_bytes`, so only the serving differs. The load generator (aiohttp, in this
@@ -275,10 +276,11 @@ def _children(pid: int) -> list[int]:
 
 
 def _start(name: str, model: str, weights: Path, port: int) -> subprocess.Popen:
-    if name == "mobilevec":
+    if name in ("mobilevec", "mobilevec-ray"):
         cmd = [sys.executable, "-m", "mobilevec.cli", "serve", "--model", f"m={model}",
                "--weights", str(weights), "--port", str(port), "--max-batch", str(MAX_BATCH),
-               "--max-delay-ms", str(DELAY_MS), "--no-access-log"]
+               "--max-delay-ms", str(DELAY_MS)]
+        cmd += ["--runner", "ray"] if name == "mobilevec-ray" else ["--no-access-log"]
     else:
         cmd = [sys.executable, __file__, "--peer", name, "--model-name", model, "--weights",
                str(weights), "--port", str(port)]
@@ -380,7 +382,7 @@ def main() -> None:
             print(f"{name}: skipped ({e})", flush=True)
             _stop(proc)
             continue
-        url = (f"http://127.0.0.1:{port}/v1/models/m:predict" if name == "mobilevec"
+        url = (f"http://127.0.0.1:{port}/v1/models/m:predict" if name.startswith("mobilevec")
                else f"http://127.0.0.1:{port}/predict")
         try:
             # the same vectors as offline embed

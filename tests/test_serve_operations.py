@@ -265,6 +265,27 @@ def test_a_config_file_names_several_models_and_settings(tmp_path):
         read_config_file(tmp_path / "bad.toml")
 
 
+def test_answers_write_every_float32_so_that_it_reads_back_exactly():
+    from mobilevec.serve.inputs import float32_json, json_document
+
+    rng = np.random.default_rng(5)
+    spread = rng.standard_normal(1006) * 10.0 ** rng.integers(-40, 38, 1006)
+    specials = [0.0, -0.0, 1e-45, -3.4028235e38, 1.1754944e-38, 0.1, 1 / 3, 7.0, 123456789.0,
+                1e9, -5.0]
+    values = np.concatenate([spread, specials]).astype(np.float32).reshape(3, 339)
+    parsed = json.loads(float32_json(values))
+    assert all(isinstance(x, float) for row in parsed for x in row)  # no JSON integers
+    back = np.array(parsed, np.float32)
+    assert back.shape == (3, 339) and np.array_equal(back, values)
+    assert np.array_equal(np.signbit(back), np.signbit(values))  # -0.0 stays negative
+    doc = json.loads(json_document({"predictions": values[:1], "id": 'a "quoted" id',
+                                    "shape": [1, 339], "nested": {"v": values[0, :3]}}))
+    assert doc["id"] == 'a "quoted" id' and doc["shape"] == [1, 339]
+    assert np.array_equal(np.array(doc["predictions"], np.float32), values[:1])
+    assert np.array_equal(np.array(doc["nested"]["v"], np.float32), values[0, :3])
+    assert float32_json(np.array([1.0, np.nan], np.float32)) == "[1.0, NaN]"
+
+
 def test_a_request_past_its_timeout_gets_504_and_never_runs():
     """In-process (aiohttp's test server, a slow fake engine): the per-request timeout."""
     aiohttp_test = pytest.importorskip("aiohttp.test_utils")

@@ -29,6 +29,7 @@ from .inputs import (
     Decoder,
     RequestError,
     bad,
+    json_document,
     oip_response,
     parse_oip,
     parse_predict,
@@ -273,7 +274,7 @@ def _middlewares(state: State):
 
 # --- handlers ----------------------------------------------------------------------------
 def _json(data: Any, status: int = 200):
-    return _web().Response(status=status, body=json.dumps(data),
+    return _web().Response(status=status, body=json_document(data),
                            content_type="application/json")
 
 
@@ -349,7 +350,7 @@ def _handlers(state: State) -> dict[str, Callable[..., Awaitable]]:
             body = await _body(request)
             images, key = await state.prepare(lambda: parse_predict(body, m.decoder))
             vectors = await state.vectors(m, images, request[_APP.deadline], ticket)
-        return _json({key: vectors.tolist()})
+        return _json({key: vectors})
 
     async def embed(request):
         name = request.query.get("model", state.default_model)
@@ -364,7 +365,7 @@ def _handlers(state: State) -> dict[str, Callable[..., Awaitable]]:
                                 headers={"X-Vector-Shape": f"{len(vectors)},{m.num_features}",
                                          "X-Vector-Dtype": "float32-le"})
         return _json({"model": m.name, "dim": m.num_features,
-                      "names": [n for n, _ in blobs], "vectors": vectors.tolist()})
+                      "names": [n for n, _ in blobs], "vectors": vectors})
 
     async def metrics(request):
         return web.Response(body=state.metrics.render().encode(),

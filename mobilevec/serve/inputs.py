@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import math
 import struct
@@ -248,6 +249,50 @@ def parse_oip(body: bytes, header_length: str | None, decoder: Decoder, *,
                       output_name, binary_output)
 
 
+# --- answers ----------------------------------------------------------------------------
+@functools.lru_cache(maxsize=8)
+def _row_format(width: int) -> str:
+    return ",".join(["%.9g"] * width)
+
+
+def float32_json(values: np.ndarray) -> str:
+    """JSON text of a float32 array (nested lists of its shape), each value a JSON float of
+    9 significant digits: every float32 reads back exactly, and for 1,024 values it takes
+    0.16 ms against 0.44 ms for ``json.dumps(values.tolist())`` (17 digits, 40 % longer),
+    the largest cost of the event loop under load (docs/benchmarks.md, "Serving")."""
+    values = np.asarray(values, np.float32)
+    if not np.isfinite(values).all():  # NaN and inf as json writes them
+        return json.dumps(values.tolist())
+    if values.ndim == 0:
+        return f"{float(values):.9g}"
+    if values.ndim == 1:
+        if not len(values):
+            return "[]"
+        text = _row_format(len(values)) % tuple(values.tolist())
+        # "%.9g" writes whole numbers below 1e9 without a point ("0", "-0", "7"), which JSON
+        # reads as integers: -0.0 would lose its sign, an all-zero row its float type
+        whole = np.flatnonzero((values == np.trunc(values)) & (np.abs(values) < 1e9))
+        if len(whole):
+            tokens = text.split(",")
+            for i in whole.tolist():
+                tokens[i] += ".0"
+            text = ",".join(tokens)
+        return "[" + text + "]"
+    return "[" + ",".join(float32_json(row) for row in values) + "]"
+
+
+def json_document(doc: Any) -> str:
+    """``json.dumps(doc)``, with numpy arrays anywhere in it written by :func:`float32_json`."""
+    if isinstance(doc, np.ndarray):
+        return float32_json(doc)
+    if isinstance(doc, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))}: {json_document(v)}"
+                               for k, v in doc.items()) + "}"
+    if isinstance(doc, list | tuple):
+        return "[" + ", ".join(json_document(v) for v in doc) + "]"
+    return json.dumps(doc)
+
+
 def oip_response(model: str, request: OipRequest, vectors: np.ndarray
                  ) -> tuple[bytes, dict[str, str]]:
     """The response body and headers (binary extension when asked)."""
@@ -256,8 +301,8 @@ def oip_response(model: str, request: OipRequest, vectors: np.ndarray
     if request.id is not None:
         head["id"] = request.id
     if not request.binary_output:
-        output["data"] = vectors.reshape(-1).tolist()
-        return json.dumps(head).encode(), {"Content-Type": "application/json"}
+        output["data"] = vectors.reshape(-1)
+        return json_document(head).encode(), {"Content-Type": "application/json"}
     raw = np.ascontiguousarray(vectors, "<f4").tobytes()
     output["parameters"] = {"binary_data_size": len(raw)}
     header = json.dumps(head).encode()

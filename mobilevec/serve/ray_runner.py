@@ -18,7 +18,6 @@ cluster (``auto`` or ``ray://HOST:10001``), else a local Ray instance is started
 
 import asyncio
 import hmac
-import json
 import logging
 import signal
 import threading
@@ -27,7 +26,15 @@ import numpy as np
 
 from .._optional import require
 from .config import ServeConfig, ServedModel
-from .inputs import Decoder, RequestError, bad, oip_response, parse_oip, parse_predict
+from .inputs import (
+    Decoder,
+    RequestError,
+    bad,
+    json_document,
+    oip_response,
+    parse_oip,
+    parse_predict,
+)
 
 log = logging.getLogger(__name__)
 INPUT_NAME, OUTPUT_NAME = "images", "feature_vector"
@@ -171,7 +178,7 @@ def build_ray_app(config: ServeConfig, *, replicas: int = 1, max_replicas: int |
             images, key = await asyncio.to_thread(parse_predict, await self._body(request),
                                                   decoder)
             vectors = await handle.embed.remote(images)
-            return Response(json.dumps({key: vectors.tolist()}),
+            return Response(json_document({key: vectors}),
                             media_type="application/json")
 
         @app.post("/embed")
