@@ -92,7 +92,10 @@ def build_ray_app(config: ServeConfig, *, replicas: int = 1, max_replicas: int |
     async def request_error(request, e: RequestError):
         return error(e)
 
-    @serve.deployment(name="ingress", num_replicas=replicas)
+    # Ray Serve's default of 5 ongoing requests per replica queued the rest in its proxy:
+    # past 8 clients, answers took seconds (docs/benchmarks.md, "Serving")
+    @serve.deployment(name="ingress", num_replicas=replicas,
+                      max_ongoing_requests=config.queue_limit)
     @serve.ingress(app)
     class Ingress:
         def __init__(self, handles: dict):
