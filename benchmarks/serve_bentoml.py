@@ -11,7 +11,7 @@ import os
 import bentoml
 import numpy as np
 
-MAX_BATCH, DELAY_MS = 32, 5
+MAX_BATCH = 32  # as serve.py's other servers
 
 
 @bentoml.service(workers=1)

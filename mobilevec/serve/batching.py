@@ -51,10 +51,10 @@ def call_plans(sizes: list[int], seconds: dict[int, float] | None = None) -> lis
     costs its size plus one image's worth of overhead.
     """
     cost = {s: (seconds or {}).get(s, s + 1.0) for s in sizes}
+    largest_first = sorted(sizes, reverse=True)  # on a tie the larger call (min keeps the first)
     best: list[tuple[float, list[int]]] = [(0.0, [])]
     for n in range(1, max(sizes) + 1):
-        # on a tie, the larger call first (min keeps the first of equals)
-        total, size = min(((cost[s] + best[max(n - s, 0)][0], s) for s in sorted(sizes)[::-1]),
+        total, size = min(((cost[s] + best[max(n - s, 0)][0], s) for s in largest_first),
                           key=lambda option: option[0])
         best.append((total, [size, *best[max(n - size, 0)][1]]))
     plans = [plan for _, plan in best]
